@@ -61,7 +61,9 @@ pub enum Error {
     },
 
     /// The database was written by a newer keyhook whose schema this version does not know.
-    #[error("database schema version {found} is newer than this keyhook supports ({supported}); upgrade keyhook")]
+    #[error(
+        "database schema version {found} is newer than this keyhook supports ({supported}); upgrade keyhook"
+    )]
     SchemaTooNew {
         /// `PRAGMA user_version` found in the file.
         found: u32,

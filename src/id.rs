@@ -10,9 +10,11 @@ pub(crate) const BASE62: &[u8; 62] =
 
 /// Fills `buf` from the operating system's CSPRNG.
 pub(crate) fn os_random(buf: &mut [u8]) -> Result<()> {
-    OsRng
-        .try_fill_bytes(buf)
-        .map_err(|e| Error::Io(std::io::Error::other(format!("OS random source failed: {e}"))))
+    OsRng.try_fill_bytes(buf).map_err(|e| {
+        Error::Io(std::io::Error::other(format!(
+            "OS random source failed: {e}"
+        )))
+    })
 }
 
 /// `len` base62 characters from the OS CSPRNG, without modulo bias

@@ -49,4 +49,98 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         SELECT RAISE(ABORT, 'keyhook: a scheduled revocation cannot be cleared or postponed');
     END;
     "#,
+    // 2: the event-type catalogue and webhook endpoints.
+    r#"
+    CREATE TABLE event_types (
+        name        TEXT PRIMARY KEY,
+        description TEXT NOT NULL,
+        created_at  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE endpoints (
+        row_id          INTEGER PRIMARY KEY,
+        id              TEXT NOT NULL UNIQUE,
+        org_id          TEXT NOT NULL,
+        url             TEXT NOT NULL,
+        description     TEXT,
+        all_event_types INTEGER NOT NULL,
+        headers         TEXT NOT NULL,
+        enabled         INTEGER NOT NULL DEFAULT 1,
+        disabled_reason TEXT,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL
+    );
+    CREATE INDEX endpoints_by_org ON endpoints (org_id, created_at);
+
+    CREATE TABLE endpoint_event_types (
+        endpoint_row INTEGER NOT NULL REFERENCES endpoints (row_id) ON DELETE CASCADE,
+        event_type   TEXT NOT NULL,
+        PRIMARY KEY (endpoint_row, event_type)
+    ) WITHOUT ROWID;
+    CREATE INDEX endpoint_event_types_by_type ON endpoint_event_types (event_type);
+
+    -- Signing secrets: the current one has no expiry; rotated-out ones sign
+    -- until expires_at. Stored as raw key bytes: signing needs them.
+    CREATE TABLE endpoint_secrets (
+        row_id       INTEGER PRIMARY KEY,
+        endpoint_row INTEGER NOT NULL REFERENCES endpoints (row_id) ON DELETE CASCADE,
+        secret       BLOB NOT NULL,
+        created_at   INTEGER NOT NULL,
+        expires_at   INTEGER
+    );
+    CREATE INDEX endpoint_secrets_by_endpoint ON endpoint_secrets (endpoint_row);
+    "#,
+    // 3: events, deliveries and attempts; endpoint health for the dispatcher.
+    r#"
+    CREATE TABLE events (
+        row_id          INTEGER PRIMARY KEY,
+        id              TEXT NOT NULL UNIQUE,
+        org_id          TEXT NOT NULL,
+        event_type      TEXT NOT NULL,
+        body            BLOB NOT NULL,
+        idempotency_key TEXT,
+        created_at      INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX events_by_idempotency_key ON events (org_id, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX events_by_created ON events (created_at);
+
+    -- state: 0 pending, 1 delivered, 2 failed.
+    -- next_attempt_at is both the due time and, while leased = 1, the lease
+    -- expiry: a worker that dies leaves a delivery that is simply due again.
+    -- attempts doubles as a fencing token: completing an attempt checks it.
+    CREATE TABLE deliveries (
+        row_id          INTEGER PRIMARY KEY,
+        event_row       INTEGER NOT NULL REFERENCES events (row_id) ON DELETE CASCADE,
+        endpoint_row    INTEGER NOT NULL REFERENCES endpoints (row_id) ON DELETE CASCADE,
+        org_id          TEXT NOT NULL,
+        state           INTEGER NOT NULL DEFAULT 0,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER,
+        leased          INTEGER NOT NULL DEFAULT 0,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL
+    );
+    CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE state = 0;
+    CREATE INDEX deliveries_in_flight ON deliveries (endpoint_row, next_attempt_at)
+        WHERE state = 0 AND leased = 1;
+    CREATE INDEX deliveries_by_endpoint ON deliveries (endpoint_row, row_id);
+    CREATE INDEX deliveries_by_event ON deliveries (event_row);
+
+    CREATE TABLE attempts (
+        row_id        INTEGER PRIMARY KEY,
+        delivery_row  INTEGER NOT NULL REFERENCES deliveries (row_id) ON DELETE CASCADE,
+        attempted_at  INTEGER NOT NULL,
+        duration_ms   INTEGER NOT NULL,
+        status_code   INTEGER,
+        error_kind    TEXT,
+        response_body BLOB,
+        manual        INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX attempts_by_delivery ON attempts (delivery_row);
+
+    ALTER TABLE endpoints ADD COLUMN consecutive_failures INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE endpoints ADD COLUMN failing_since INTEGER;
+    ALTER TABLE endpoints ADD COLUMN last_success_at INTEGER;
+    "#,
 ];

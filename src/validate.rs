@@ -23,7 +23,10 @@ pub(crate) fn name(name: &str) -> Result<String> {
         return Err(Error::invalid("name", "must be at most 100 characters"));
     }
     if trimmed.chars().any(char::is_control) {
-        return Err(Error::invalid("name", "must not contain control characters"));
+        return Err(Error::invalid(
+            "name",
+            "must not contain control characters",
+        ));
     }
     Ok(trimmed.to_owned())
 }
@@ -59,7 +62,9 @@ pub(crate) fn scopes(scopes: Vec<String>) -> Result<Vec<String>> {
         {
             return Err(Error::invalid(
                 "scopes",
-                format!("{s:?} must be 1 to 100 characters without whitespace or control characters"),
+                format!(
+                    "{s:?} must be 1 to 100 characters without whitespace or control characters"
+                ),
             ));
         }
         if !out.contains(&s) {

@@ -16,8 +16,8 @@
 //! The checksum lets [`parse`] reject a mistyped or made-up string without a
 //! database lookup, and lets secret scanners confirm a match offline.
 
-use crate::id::{base62_fixed, decode_base62, is_base62, random_base62};
 use crate::error::Result;
+use crate::id::{base62_fixed, decode_base62, is_base62, random_base62};
 
 /// Length of the public lookup id.
 pub(crate) const ID_LEN: usize = 12;
@@ -100,7 +100,11 @@ pub(crate) fn crc32(data: &[u8]) -> u32 {
             let mut c = i as u32;
             let mut k = 0;
             while k < 8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
                 k += 1;
             }
             table[i] = c;

@@ -315,10 +315,12 @@ impl ApiKeyStore {
     /// [`Error::Database`].
     pub fn api_keys_enabled(&self, org: &str) -> Result<bool> {
         self.db.read(|c| {
-            Ok(c.prepare_cached("SELECT api_keys_enabled FROM organizations WHERE id = ?1")?
-                .query_row([org], |r| r.get(0))
-                .optional()?
-                .unwrap_or(false))
+            Ok(
+                c.prepare_cached("SELECT api_keys_enabled FROM organizations WHERE id = ?1")?
+                    .query_row([org], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or(false),
+            )
         })
     }
 
@@ -562,7 +564,11 @@ impl ApiKeyStore {
     pub fn verify(&self, key: &str) -> Result<VerifiedKey> {
         let parsed = format::parse(key).ok_or(Error::Rejected(Rejection::Malformed))?;
         if parsed.prefix != self.config.prefix
-            || !self.config.environments.iter().any(|e| e == parsed.environment)
+            || !self
+                .config
+                .environments
+                .iter()
+                .any(|e| e == parsed.environment)
         {
             return Err(Error::Rejected(Rejection::Malformed));
         }
@@ -633,7 +639,9 @@ impl ApiKeyStore {
                     "UPDATE api_keys SET last_used_at = ?2
                      WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at <= ?3)",
                 )
-                .and_then(|mut s| s.execute(params![parsed.id, now, now - LAST_USED_GRANULARITY_MS]))
+                .and_then(|mut s| {
+                    s.execute(params![parsed.id, now, now - LAST_USED_GRANULARITY_MS])
+                })
             {
                 log::warn!("could not record last use of api key {}: {e}", parsed.id);
             }
@@ -770,10 +778,9 @@ mod tests {
         let created = s.create("org_1", "ci", KeySettings::default()).unwrap();
         let plaintext = created.secret.expose().to_owned();
         let secret_part = &plaintext[plaintext.len() - 28..plaintext.len() - 6];
-        let stored: Vec<u8> = s
-            .db
-            .read(|c| Ok(c.query_row("SELECT hash FROM api_keys", [], |r| r.get(0))?))
-            .unwrap();
+        let stored: Vec<u8> =
+            s.db.read(|c| Ok(c.query_row("SELECT hash FROM api_keys", [], |r| r.get(0))?))
+                .unwrap();
         assert_eq!(stored, Sha256::digest(secret_part.as_bytes()).to_vec());
         assert!(!format!("{created:?}").contains(secret_part));
     }
@@ -822,12 +829,42 @@ mod tests {
     fn builder_rejects_bad_settings() {
         let db = Database::open_in_memory().unwrap();
         for prefix in ["", "_vr", "vr_", "v-r", &"a".repeat(33)] {
-            let err = ApiKeyStore::builder(&db).prefix(prefix).build().unwrap_err();
-            assert!(matches!(err, Error::InvalidInput { field: "prefix", .. }), "{prefix}");
+            let err = ApiKeyStore::builder(&db)
+                .prefix(prefix)
+                .build()
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::InvalidInput {
+                        field: "prefix",
+                        ..
+                    }
+                ),
+                "{prefix}"
+            );
         }
-        let err = ApiKeyStore::builder(&db).environments(["Live"]).build().unwrap_err();
-        assert!(matches!(err, Error::InvalidInput { field: "environments", .. }));
-        let err = ApiKeyStore::builder(&db).pepper(b"short".to_vec()).build().unwrap_err();
-        assert!(matches!(err, Error::InvalidInput { field: "pepper", .. }));
+        let err = ApiKeyStore::builder(&db)
+            .environments(["Live"])
+            .build()
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            Error::InvalidInput {
+                field: "environments",
+                ..
+            }
+        ));
+        let err = ApiKeyStore::builder(&db)
+            .pepper(b"short".to_vec())
+            .build()
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            Error::InvalidInput {
+                field: "pepper",
+                ..
+            }
+        ));
     }
 }

@@ -1,0 +1,422 @@
+//! The dispatcher: durable emit, and delivery on a small pool of owned threads.
+
+mod history;
+mod http;
+mod queue;
+mod retry;
+mod worker;
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::db::{Database, duration_ms, from_ms};
+use crate::destination::DestinationPolicy;
+use crate::error::{Error, Result};
+use crate::event::NewEvent;
+use crate::registry::WebhookRegistry;
+use crate::validate;
+
+pub use history::{Attempt, Delivery, DeliveryState};
+pub use http::AttemptError;
+pub use retry::RetryPolicy;
+
+use queue::{EmitLimits, Lane, Next};
+
+/// What happened in one attempt, as told to an observer
+/// ([`DispatcherBuilder::on_attempt`]). Carries ids, never secrets or bodies.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct AttemptReport<'a> {
+    /// The event (the `webhook-id`).
+    pub event_id: &'a str,
+    /// The endpoint.
+    pub endpoint_id: &'a str,
+    /// The organization.
+    pub org: &'a str,
+    /// Attempt number, 1-based.
+    pub attempt: u32,
+    /// The receiver's status code, if it answered.
+    pub status: Option<u16>,
+    /// Why it failed, if it did.
+    pub error: Option<AttemptError>,
+    outcome: Next,
+}
+
+impl AttemptReport<'_> {
+    /// The delivery succeeded.
+    pub fn delivered(&self) -> bool {
+        self.outcome == Next::Delivered
+    }
+
+    /// When the next attempt is due, if the delivery will be retried.
+    pub fn retry_at(&self) -> Option<SystemTime> {
+        match self.outcome {
+            Next::RetryAt(at) => Some(from_ms(at)),
+            _ => None,
+        }
+    }
+
+    /// The delivery failed for good (schedule used up, or 410 Gone).
+    pub fn failed(&self) -> bool {
+        matches!(self.outcome, Next::Failed | Next::Gone)
+    }
+
+    /// The receiver answered 410 Gone and the endpoint was disabled.
+    pub fn endpoint_disabled(&self) -> bool {
+        self.outcome == Next::Gone
+    }
+}
+
+type Observer = Arc<dyn Fn(&AttemptReport<'_>) + Send + Sync>;
+
+/// Settings for a [`Dispatcher`]; start with [`Dispatcher::builder`].
+pub struct DispatcherBuilder {
+    db: Database,
+    policy: DestinationPolicy,
+    config: Config,
+    workers: usize,
+    observer: Option<Observer>,
+}
+
+impl std::fmt::Debug for DispatcherBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DispatcherBuilder")
+            .field("workers", &self.workers)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub request_timeout: Duration,
+    pub retry: RetryPolicy,
+    pub max_body: usize,
+    pub response_excerpt_limit: usize,
+    pub limited_in_flight: u32,
+    pub poll_interval: Duration,
+}
+
+impl DispatcherBuilder {
+    /// Worker threads making attempts. Default: 4. Zero makes an emit-only
+    /// dispatcher (another process delivers).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Total time for one attempt: connect, send, and the full answer.
+    /// Default: 10 seconds.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.config.request_timeout = timeout;
+        self
+    }
+
+    /// The retry schedule. Default: [`RetryPolicy::default`].
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.config.retry = policy;
+        self
+    }
+
+    /// The largest serialized event accepted by emit. Default: 256 KiB.
+    pub fn max_body_bytes(mut self, limit: usize) -> Self {
+        self.config.max_body = limit;
+        self
+    }
+
+    /// How much of each response body is kept in the history. Default: 4 KiB.
+    pub fn response_excerpt_bytes(mut self, limit: usize) -> Self {
+        self.config.response_excerpt_limit = limit;
+        self
+    }
+
+    /// Attempts in flight at once to an endpoint that failed recently or has
+    /// not yet succeeded. Healthy endpoints may use every worker. Default: 1.
+    pub fn limited_in_flight(mut self, n: u32) -> Self {
+        self.config.limited_in_flight = n.max(1);
+        self
+    }
+
+    /// The longest an idle worker sleeps before looking for work it was not
+    /// told about (events emitted by another process). Default: 1 second.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.config.poll_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The destination policy enforced at connect time on every resolved
+    /// address. Default: the registry's policy.
+    pub fn destination_policy(mut self, policy: DestinationPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Calls `observer` after every attempt (on the worker thread: keep it quick).
+    pub fn on_attempt(
+        mut self,
+        observer: impl Fn(&AttemptReport<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.observer = Some(Arc::new(observer));
+        self
+    }
+
+    /// Starts the workers. Deliveries left from before (pending, due, or
+    /// leased by a process that died) are picked up.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if a thread cannot be spawned (the ones started are stopped).
+    pub fn start(self) -> Result<Dispatcher> {
+        let timeout = self.config.request_timeout;
+        // The lease outlasts the request timeout with room to record the
+        // result, so a slow receiver is never sent a duplicate meanwhile.
+        let lease_ms = duration_ms(timeout) * 2 + 1000;
+        let shared = Arc::new(Shared {
+            agent: http::agent(self.policy, timeout, self.workers.max(1)),
+            db: self.db,
+            lease_ms,
+            config: self.config,
+            signal: Signal::default(),
+            observer: self.observer,
+        });
+        let dispatcher = Dispatcher {
+            shared: Arc::clone(&shared),
+            threads: Mutex::new(Vec::new()),
+        };
+        for i in 0..self.workers {
+            let lane = if i == 0 && self.workers > 1 {
+                Lane::Fresh
+            } else {
+                Lane::Any
+            };
+            let shared = Arc::clone(&shared);
+            let handle = std::thread::Builder::new()
+                .name(format!("keyhook-worker-{i}"))
+                .spawn(move || worker::run(shared, lane))?;
+            dispatcher.lock_threads().push(handle);
+        }
+        Ok(dispatcher)
+    }
+}
+
+/// State shared by the dispatcher handle and its workers.
+pub(crate) struct Shared {
+    pub db: Database,
+    pub agent: ureq::Agent,
+    pub config: Config,
+    pub lease_ms: i64,
+    pub signal: Signal,
+    pub observer: Option<Observer>,
+}
+
+/// Wakes workers: a generation counter under a mutex, so a wake-up between a
+/// worker's empty claim and its wait is never lost.
+#[derive(Default)]
+pub(crate) struct Signal {
+    state: Mutex<(u64, bool)>,
+    cond: Condvar,
+}
+
+impl Signal {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, bool)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.lock().0
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.lock().1
+    }
+
+    /// Sleeps up to `timeout` unless the generation moved past `seen` or stop was asked.
+    pub fn wait(&self, seen: u64, timeout: Duration) {
+        let guard = self.lock();
+        if guard.0 != seen || guard.1 {
+            return;
+        }
+        let _ = self
+            .cond
+            .wait_timeout_while(guard, timeout, |s| s.0 == seen && !s.1);
+    }
+
+    pub fn notify_one(&self) {
+        self.lock().0 += 1;
+        self.cond.notify_one();
+    }
+
+    pub fn notify_all(&self) {
+        self.lock().0 += 1;
+        self.cond.notify_all();
+    }
+
+    fn stop(&self) {
+        self.lock().1 = true;
+        self.cond.notify_all();
+    }
+}
+
+/// Stores events durably and delivers them as signed webhooks.
+///
+/// `Send + Sync`: share it (for example in an `Arc`) between request
+/// handlers. It owns its worker threads: [`shutdown`](Self::shutdown) stops
+/// and joins them; dropping it asks them to stop after their current attempt.
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("workers", &self.lock_threads().len())
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dispatcher {
+    /// Settings for a dispatcher delivering to `registry`'s endpoints.
+    pub fn builder(db: &Database, registry: &WebhookRegistry) -> DispatcherBuilder {
+        DispatcherBuilder {
+            db: db.clone(),
+            policy: registry.destination_policy().clone(),
+            config: Config {
+                request_timeout: Duration::from_secs(10),
+                retry: RetryPolicy::default(),
+                max_body: 256 * 1024,
+                response_excerpt_limit: 4096,
+                limited_in_flight: 1,
+                poll_interval: Duration::from_secs(1),
+            },
+            workers: 4,
+            observer: None,
+        }
+    }
+
+    fn lock_threads(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.threads.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Emits an event: stores it and one delivery per enabled endpoint of
+    /// `org` subscribed to `event_type`, in one transaction, and wakes a
+    /// worker. Returns the event id (the `webhook-id` receivers see). With no
+    /// subscribed endpoint the event is still recorded.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownEventType`] if the type is not in the catalogue;
+    /// [`Error::PayloadTooLarge`] over the size limit; [`Error::Serialize`]
+    /// if `data` is not JSON-serializable; nothing is stored then.
+    pub fn emit(
+        &self,
+        org: &str,
+        event_type: &str,
+        data: &impl serde::Serialize,
+    ) -> Result<String> {
+        self.emit_event(org, NewEvent::new(event_type, data)?)
+    }
+
+    /// Emits a [`NewEvent`] (use it for an idempotency key).
+    ///
+    /// # Errors
+    ///
+    /// As [`emit`](Self::emit); [`Error::InvalidInput`] (`idempotency_key`).
+    pub fn emit_event(&self, org: &str, event: NewEvent) -> Result<String> {
+        let mut ids = self.emit_batch(org, vec![event])?;
+        Ok(ids.pop().expect("one id per event"))
+    }
+
+    /// Emits many events in one transaction: all are stored or none.
+    ///
+    /// # Errors
+    ///
+    /// As [`emit_event`](Self::emit_event), for the first bad event.
+    pub fn emit_batch(&self, org: &str, events: Vec<NewEvent>) -> Result<Vec<String>> {
+        validate::org(org)?;
+        for e in &events {
+            if let Some(k) = &e.idempotency_key
+                && (k.is_empty() || k.len() > 255 || k.chars().any(char::is_control))
+            {
+                return Err(Error::invalid(
+                    "idempotency_key",
+                    "must be 1 to 255 bytes without control characters",
+                ));
+            }
+        }
+        let limits = EmitLimits {
+            max_body: self.shared.config.max_body,
+            first_delay_ms: duration_ms(self.shared.config.retry.first_delay()),
+        };
+        let emitted = self
+            .shared
+            .db
+            .write(|tx| queue::insert_events(tx, org, &events, &limits))?;
+        let deliveries: usize = emitted.iter().map(|e| e.deliveries).sum();
+        match deliveries {
+            0 => {}
+            1 => self.shared.signal.notify_one(),
+            _ => self.shared.signal.notify_all(),
+        }
+        Ok(emitted.into_iter().map(|e| e.id).collect())
+    }
+
+    /// The delivery history of an endpoint, newest first (at most `limit`),
+    /// each delivery with its attempts.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] if the organization has no such endpoint.
+    pub fn deliveries(&self, org: &str, endpoint_id: &str, limit: usize) -> Result<Vec<Delivery>> {
+        history::endpoint_deliveries(&self.shared.db, org, endpoint_id, limit)
+    }
+
+    /// The deliveries of one event, each with its attempts.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] if the organization has no such event.
+    pub fn event_deliveries(&self, org: &str, event_id: &str) -> Result<Vec<Delivery>> {
+        history::event_deliveries(&self.shared.db, org, event_id)
+    }
+
+    /// Stops claiming work, lets attempts in flight finish within `timeout`,
+    /// and joins the worker threads. What is left is delivered after the
+    /// next start. Calling it twice is harmless.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShutdownTimedOut`] if some threads were still in an attempt
+    /// at the deadline; they stop on their own after it.
+    pub fn shutdown(&self, timeout: Duration) -> Result<()> {
+        self.shared.signal.stop();
+        let deadline = Instant::now() + timeout;
+        let mut threads = self.lock_threads();
+        while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (finished, unfinished): (Vec<_>, Vec<_>) =
+            threads.drain(..).partition(|t| t.is_finished());
+        for t in finished {
+            if t.join().is_err() {
+                log::error!("keyhook: a worker thread panicked");
+            }
+        }
+        if unfinished.is_empty() {
+            Ok(())
+        } else {
+            let n = unfinished.len();
+            // Keep the handles: a later shutdown can still join them.
+            threads.extend(unfinished);
+            Err(Error::ShutdownTimedOut { unfinished: n })
+        }
+    }
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        self.shared.signal.stop();
+    }
+}

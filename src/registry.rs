@@ -1,0 +1,761 @@
+//! Webhook endpoints, the event-type catalogue, and signing-secret rotation.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rusqlite::{OptionalExtension, Row, Transaction, params};
+
+use crate::db::{Database, duration_ms, from_ms, now_ms};
+use crate::destination::DestinationPolicy;
+use crate::error::{Error, Result};
+use crate::id::new_id;
+use crate::signing::SigningSecret;
+use crate::validate;
+
+/// Default grace period of [`WebhookRegistry::rotate_secret`].
+pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(24 * 3600);
+/// Longest grace period of [`WebhookRegistry::rotate_secret`].
+pub const MAX_ROTATION_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Headers keyhook sets itself, and hop-by-hop headers, which an endpoint's
+/// custom headers may not override.
+const FORBIDDEN_HEADERS: &[&str] = &[
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "user-agent",
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+];
+const MAX_HEADERS: usize = 20;
+
+/// A registered event type, e.g. `conversion.created`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventType {
+    /// Dot-separated segments of `[A-Za-z0-9_]`.
+    pub name: String,
+    /// What it means, for the settings page.
+    pub description: String,
+}
+
+/// Options of [`WebhookRegistry::create`]. `Debug` redacts an imported secret.
+#[derive(Clone, Default)]
+pub struct EndpointOptions {
+    /// A note for the owner, at most 1,000 characters.
+    pub description: Option<String>,
+    /// Receive every event type, including ones registered later; the list of
+    /// event types given to `create` may then be empty.
+    pub all_event_types: bool,
+    /// Extra headers sent with every request (e.g. an auth token for the
+    /// receiver). Names are case-insensitive and unique; keyhook's own headers
+    /// and hop-by-hop headers are refused. At most 20.
+    pub headers: Vec<(String, String)>,
+    /// An existing `whsec_…` secret to keep, for endpoints moved from another
+    /// provider; otherwise a new one is generated.
+    pub secret: Option<SigningSecret>,
+}
+
+impl std::fmt::Debug for EndpointOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointOptions")
+            .field("description", &self.description)
+            .field("all_event_types", &self.all_event_types)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field("secret", &self.secret)
+            .finish()
+    }
+}
+
+/// Changes for [`WebhookRegistry::update`]: `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointUpdate {
+    /// A new URL, checked like on create.
+    pub url: Option<String>,
+    /// A new list of event types (must not be empty unless all types are received).
+    pub event_types: Option<Vec<String>>,
+    /// Receive all event types (true) or only the listed ones (false).
+    pub all_event_types: Option<bool>,
+    /// A new description; `Some(None)` clears it.
+    pub description: Option<Option<String>>,
+    /// New custom headers, replacing the old ones.
+    pub headers: Option<Vec<(String, String)>>,
+    /// Enable or disable the endpoint. Disabled endpoints get no new deliveries.
+    pub enabled: Option<bool>,
+}
+
+/// A webhook endpoint.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Its id, e.g. `ep_…`.
+    pub id: String,
+    /// The owning organization.
+    pub org: String,
+    /// Where events are POSTed.
+    pub url: String,
+    /// The owner's note.
+    pub description: Option<String>,
+    /// Subscribed event types (empty when [`all_event_types`](Self::all_event_types)).
+    pub event_types: Vec<String>,
+    /// Whether it receives every event type.
+    pub all_event_types: bool,
+    /// Custom headers sent with each request.
+    pub headers: Vec<(String, String)>,
+    /// Whether deliveries are made to it.
+    pub enabled: bool,
+    /// Why it was disabled, when keyhook disabled it (e.g. the receiver answered 410).
+    pub disabled_reason: Option<String>,
+    /// When it was created.
+    pub created_at: SystemTime,
+    /// When it was last changed.
+    pub updated_at: SystemTime,
+}
+
+impl std::fmt::Debug for Endpoint {
+    // Custom header values often carry receiver credentials: names only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("id", &self.id)
+            .field("org", &self.org)
+            .field("url", &self.url)
+            .field("description", &self.description)
+            .field("event_types", &self.event_types)
+            .field("all_event_types", &self.all_event_types)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field("enabled", &self.enabled)
+            .field("disabled_reason", &self.disabled_reason)
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .finish()
+    }
+}
+
+/// What [`WebhookRegistry::create`] returns: the endpoint and its signing secret,
+/// to show the owner (they need it to verify signatures).
+#[derive(Debug, Clone)]
+pub struct CreatedEndpoint {
+    /// The endpoint.
+    pub endpoint: Endpoint,
+    /// Its signing secret (`Debug` redacts it; [`SigningSecret::expose`] shows it).
+    pub secret: SigningSecret,
+}
+
+/// Settings for a [`WebhookRegistry`]; start with [`WebhookRegistry::builder`].
+#[derive(Debug)]
+pub struct WebhookRegistryBuilder {
+    db: Database,
+    policy: DestinationPolicy,
+    max_endpoints: u32,
+}
+
+impl WebhookRegistryBuilder {
+    /// Which URLs endpoints may have. Default: [`DestinationPolicy::new`]
+    /// (public `https` destinations only).
+    pub fn destination_policy(mut self, policy: DestinationPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The most endpoints one organization may have. Default: 20.
+    pub fn max_endpoints(mut self, limit: u32) -> Self {
+        self.max_endpoints = limit;
+        self
+    }
+
+    /// Builds the registry.
+    pub fn build(self) -> WebhookRegistry {
+        WebhookRegistry {
+            db: self.db,
+            config: Arc::new(Config {
+                policy: self.policy,
+                max_endpoints: self.max_endpoints,
+            }),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Config {
+    policy: DestinationPolicy,
+    max_endpoints: u32,
+}
+
+/// Webhook endpoints and the event-type catalogue. Cheap to clone, `Send + Sync`.
+///
+/// Endpoint calls take the organization id and never see another
+/// organization's endpoints: a foreign id is [`Error::NotFound`].
+#[derive(Debug, Clone)]
+pub struct WebhookRegistry {
+    db: Database,
+    config: Arc<Config>,
+}
+
+const ENDPOINT_COLUMNS: &str = "row_id, id, org_id, url, description, all_event_types, headers, \
+     enabled, disabled_reason, created_at, updated_at";
+
+impl WebhookRegistry {
+    /// A registry with default settings.
+    pub fn new(db: &Database) -> WebhookRegistry {
+        WebhookRegistry::builder(db).build()
+    }
+
+    /// Settings for a registry on `db`.
+    pub fn builder(db: &Database) -> WebhookRegistryBuilder {
+        WebhookRegistryBuilder {
+            db: db.clone(),
+            policy: DestinationPolicy::new(),
+            max_endpoints: 20,
+        }
+    }
+
+    /// The destination policy endpoints are checked against.
+    pub fn destination_policy(&self) -> &DestinationPolicy {
+        &self.config.policy
+    }
+
+    /// Adds an event type to the catalogue, or updates its description.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] (`event_type`) unless the name is 1 to 100
+    /// bytes of dot-separated `[A-Za-z0-9_]` segments; (`description`) for a
+    /// bad description.
+    pub fn register_event_type(&self, name: &str, description: &str) -> Result<EventType> {
+        check_event_type_name(name)?;
+        validate::description(description)?;
+        self.db.write(|tx| {
+            tx.execute(
+                "INSERT INTO event_types (name, description, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET description = excluded.description",
+                params![name, description, now_ms()],
+            )?;
+            Ok(EventType {
+                name: name.into(),
+                description: description.into(),
+            })
+        })
+    }
+
+    /// The catalogue, sorted by name.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`].
+    pub fn event_types(&self) -> Result<Vec<EventType>> {
+        self.db.read(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT name, description FROM event_types ORDER BY name")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(EventType {
+                    name: r.get(0)?,
+                    description: r.get(1)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    /// Registers an endpoint and returns it with its signing secret.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a bad URL, empty or malformed event types,
+    /// bad headers or description; [`Error::DestinationRefused`] for a
+    /// private, loopback or otherwise refused address; [`Error::UnknownEventType`]
+    /// naming a type not in the catalogue; [`Error::LimitReached`] at the
+    /// endpoint limit.
+    pub fn create<S: AsRef<str>>(
+        &self,
+        org: &str,
+        url: &str,
+        event_types: &[S],
+        options: EndpointOptions,
+    ) -> Result<CreatedEndpoint> {
+        validate::org(org)?;
+        let url = self.config.policy.check_url(url)?.to_string();
+        let types = check_subscription(
+            event_types.iter().map(AsRef::as_ref),
+            options.all_event_types,
+        )?;
+        let headers = check_headers(options.headers)?;
+        if let Some(d) = &options.description {
+            validate::description(d)?;
+        }
+        let secret = match options.secret {
+            Some(s) => s,
+            None => SigningSecret::generate()?,
+        };
+        let now = now_ms();
+        let id = new_id("ep_", now)?;
+        self.db.write(|tx| {
+            require_known_types(tx, &types)?;
+            let count: u32 = tx.query_row(
+                "SELECT COUNT(*) FROM endpoints WHERE org_id = ?1",
+                [org],
+                |r| r.get(0),
+            )?;
+            if count >= self.config.max_endpoints {
+                return Err(Error::LimitReached {
+                    what: "webhook endpoints",
+                    limit: self.config.max_endpoints,
+                });
+            }
+            tx.execute(
+                "INSERT INTO endpoints (id, org_id, url, description, all_event_types, headers,
+                     enabled, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7)",
+                params![
+                    id,
+                    org,
+                    url,
+                    options.description,
+                    options.all_event_types,
+                    headers_to_json(&headers),
+                    now
+                ],
+            )?;
+            let row = tx.last_insert_rowid();
+            set_types(tx, row, &types)?;
+            tx.execute(
+                "INSERT INTO endpoint_secrets (endpoint_row, secret, created_at) VALUES (?1, ?2, ?3)",
+                params![row, secret.as_bytes(), now],
+            )?;
+            Ok(CreatedEndpoint {
+                endpoint: get_endpoint(tx, org, &id)?.1,
+                secret: secret.clone(),
+            })
+        })
+    }
+
+    /// The organization's endpoints, newest first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`].
+    pub fn list(&self, org: &str) -> Result<Vec<Endpoint>> {
+        self.db.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE org_id = ?1
+                 ORDER BY created_at DESC, row_id DESC"
+            ))?;
+            let rows: Vec<(i64, Endpoint)> = stmt
+                .query_map([org], endpoint_from_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            rows.into_iter()
+                .map(|(row, mut ep)| {
+                    ep.event_types = load_types(c, row)?;
+                    Ok(ep)
+                })
+                .collect()
+        })
+    }
+
+    /// One endpoint of the organization.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`].
+    pub fn get(&self, org: &str, id: &str) -> Result<Endpoint> {
+        self.db.read(|c| Ok(get_endpoint(c, org, id)?.1))
+    }
+
+    /// Changes an endpoint; fields left `None` keep their value.
+    ///
+    /// # Errors
+    ///
+    /// As [`create`](Self::create) for the new values, and [`Error::NotFound`].
+    pub fn update(&self, org: &str, id: &str, update: EndpointUpdate) -> Result<Endpoint> {
+        let url = match &update.url {
+            Some(u) => Some(self.config.policy.check_url(u)?.to_string()),
+            None => None,
+        };
+        let headers = update.headers.map(check_headers).transpose()?;
+        if let Some(Some(d)) = &update.description {
+            validate::description(d)?;
+        }
+        let now = now_ms();
+        self.db.write(|tx| {
+            let (row, current) = get_endpoint(tx, org, id)?;
+            let all = update.all_event_types.unwrap_or(current.all_event_types);
+            let types = match &update.event_types {
+                Some(t) => check_subscription(t.iter().map(String::as_str), all)?,
+                None => check_subscription(current.event_types.iter().map(String::as_str), all)?,
+            };
+            require_known_types(tx, &types)?;
+            tx.execute(
+                "UPDATE endpoints SET url = ?2, description = ?3, all_event_types = ?4,
+                     headers = ?5, enabled = ?6, updated_at = ?7,
+                     disabled_reason = CASE WHEN ?6 THEN NULL ELSE disabled_reason END
+                 WHERE row_id = ?1",
+                params![
+                    row,
+                    url.unwrap_or(current.url),
+                    update.description.unwrap_or(current.description),
+                    all,
+                    headers_to_json(headers.as_ref().unwrap_or(&current.headers)),
+                    update.enabled.unwrap_or(current.enabled),
+                    now
+                ],
+            )?;
+            set_types(tx, row, &types)?;
+            Ok(get_endpoint(tx, org, id)?.1)
+        })
+    }
+
+    /// Deletes an endpoint, its secrets and its delivery history; pending
+    /// deliveries to it are dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`].
+    pub fn delete(&self, org: &str, id: &str) -> Result<()> {
+        self.db.write(|tx| {
+            let n = tx.execute(
+                "DELETE FROM endpoints WHERE org_id = ?1 AND id = ?2",
+                params![org, id],
+            )?;
+            if n == 0 {
+                return Err(Error::not_found("endpoint", id));
+            }
+            Ok(())
+        })
+    }
+
+    /// Gives the endpoint a new signing secret. Requests are signed with both
+    /// the new and the old secret until `grace` ends (default
+    /// [`DEFAULT_ROTATION_GRACE`]), so receivers can switch without missing a
+    /// request.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] (`grace`) above [`MAX_ROTATION_GRACE`];
+    /// [`Error::NotFound`].
+    pub fn rotate_secret(
+        &self,
+        org: &str,
+        id: &str,
+        grace: Option<Duration>,
+    ) -> Result<SigningSecret> {
+        let grace = grace.unwrap_or(DEFAULT_ROTATION_GRACE);
+        if grace > MAX_ROTATION_GRACE {
+            return Err(Error::invalid("grace", "must be at most 7 days"));
+        }
+        let secret = SigningSecret::generate()?;
+        let now = now_ms();
+        self.db.write(|tx| {
+            let (row, _) = get_endpoint(tx, org, id)?;
+            tx.execute(
+                "DELETE FROM endpoint_secrets WHERE endpoint_row = ?1 AND expires_at <= ?2",
+                params![row, now],
+            )?;
+            tx.execute(
+                "UPDATE endpoint_secrets SET expires_at = ?2
+                 WHERE endpoint_row = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+                params![row, now.saturating_add(duration_ms(grace))],
+            )?;
+            tx.execute(
+                "INSERT INTO endpoint_secrets (endpoint_row, secret, created_at) VALUES (?1, ?2, ?3)",
+                params![row, secret.as_bytes(), now],
+            )?;
+            Ok(())
+        })?;
+        Ok(secret)
+    }
+
+    /// The secrets that sign requests to this endpoint now, newest first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`].
+    pub fn signing_secrets(&self, org: &str, id: &str) -> Result<Vec<SigningSecret>> {
+        self.db.read(|c| {
+            let (row, _) = get_endpoint(c, org, id)?;
+            active_secrets(c, row, now_ms())
+        })
+    }
+}
+
+/// The secrets signing for an endpoint at `now`, newest first.
+pub(crate) fn active_secrets(
+    c: &rusqlite::Connection,
+    endpoint_row: i64,
+    now: i64,
+) -> Result<Vec<SigningSecret>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT secret FROM endpoint_secrets
+         WHERE endpoint_row = ?1 AND (expires_at IS NULL OR expires_at > ?2)
+         ORDER BY row_id DESC",
+    )?;
+    let rows = stmt.query_map(params![endpoint_row, now], |r| r.get::<_, Vec<u8>>(0))?;
+    let mut out = Vec::new();
+    for bytes in rows {
+        // Stored secrets were checked when written; a bad row is skipped, not fatal.
+        if let Ok(s) = SigningSecret::from_bytes(&bytes?) {
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+/// Checks an event type name against the Standard Webhooks rule.
+pub(crate) fn check_event_type_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && name.split('.').all(|seg| {
+            !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        });
+    if !ok {
+        return Err(Error::invalid(
+            "event_type",
+            format!(
+                "{:?} must be 1 to 100 bytes of dot-separated [A-Za-z0-9_] segments",
+                truncate_for_message(name)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn truncate_for_message(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+fn check_subscription<'a>(types: impl Iterator<Item = &'a str>, all: bool) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for t in types {
+        check_event_type_name(t)?;
+        if !out.iter().any(|o| o == t) {
+            out.push(t.to_owned());
+        }
+    }
+    if out.is_empty() && !all {
+        return Err(Error::invalid(
+            "event_types",
+            "choose at least one event type, or all event types",
+        ));
+    }
+    if all {
+        out.clear();
+    }
+    Ok(out)
+}
+
+fn require_known_types(tx: &Transaction<'_>, types: &[String]) -> Result<()> {
+    let mut stmt = tx.prepare_cached("SELECT 1 FROM event_types WHERE name = ?1")?;
+    for t in types {
+        if !stmt.exists([t])? {
+            return Err(Error::UnknownEventType { name: t.clone() });
+        }
+    }
+    Ok(())
+}
+
+fn set_types(tx: &Transaction<'_>, row: i64, types: &[String]) -> Result<()> {
+    tx.execute(
+        "DELETE FROM endpoint_event_types WHERE endpoint_row = ?1",
+        [row],
+    )?;
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO endpoint_event_types (endpoint_row, event_type) VALUES (?1, ?2)",
+    )?;
+    for t in types {
+        stmt.execute(params![row, t])?;
+    }
+    Ok(())
+}
+
+fn check_headers(headers: Vec<(String, String)>) -> Result<Vec<(String, String)>> {
+    if headers.len() > MAX_HEADERS {
+        return Err(Error::invalid(
+            "headers",
+            format!("at most {MAX_HEADERS} custom headers"),
+        ));
+    }
+    let mut out: Vec<(String, String)> = Vec::with_capacity(headers.len());
+    for (name, value) in headers {
+        let lower = name.to_ascii_lowercase();
+        let is_token = !lower.is_empty()
+            && lower.len() <= 100
+            && lower
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !is_token {
+            return Err(Error::invalid(
+                "headers",
+                format!(
+                    "{:?} is not a valid header name",
+                    truncate_for_message(&name)
+                ),
+            ));
+        }
+        if FORBIDDEN_HEADERS.contains(&lower.as_str()) || lower.starts_with("proxy-") {
+            return Err(Error::invalid(
+                "headers",
+                format!("{lower:?} is set by keyhook or is a hop-by-hop header"),
+            ));
+        }
+        if out.iter().any(|(n, _)| *n == lower) {
+            return Err(Error::invalid(
+                "headers",
+                format!("{lower:?} is given twice"),
+            ));
+        }
+        // Values are not echoed: they often hold credentials.
+        if value.len() > 4096 || value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Err(Error::invalid(
+                "headers",
+                format!(
+                    "the value of {lower:?} must be at most 4,096 bytes without control characters"
+                ),
+            ));
+        }
+        out.push((lower, value));
+    }
+    Ok(out)
+}
+
+fn headers_to_json(headers: &[(String, String)]) -> String {
+    serde_json::Value::Array(
+        headers
+            .iter()
+            .map(|(k, v)| serde_json::json!([k, v]))
+            .collect(),
+    )
+    .to_string()
+}
+
+pub(crate) fn headers_from_json(s: &str) -> Vec<(String, String)> {
+    serde_json::from_str::<Vec<(String, String)>>(s).unwrap_or_default()
+}
+
+fn endpoint_from_row(r: &Row<'_>) -> rusqlite::Result<(i64, Endpoint)> {
+    Ok((
+        r.get(0)?,
+        Endpoint {
+            id: r.get(1)?,
+            org: r.get(2)?,
+            url: r.get(3)?,
+            description: r.get(4)?,
+            event_types: Vec::new(),
+            all_event_types: r.get(5)?,
+            headers: headers_from_json(&r.get::<_, String>(6)?),
+            enabled: r.get(7)?,
+            disabled_reason: r.get(8)?,
+            created_at: from_ms(r.get(9)?),
+            updated_at: from_ms(r.get(10)?),
+        },
+    ))
+}
+
+fn load_types(c: &rusqlite::Connection, row: i64) -> Result<Vec<String>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT event_type FROM endpoint_event_types WHERE endpoint_row = ?1 ORDER BY event_type",
+    )?;
+    let rows = stmt.query_map([row], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The endpoint's internal row id and its public form.
+pub(crate) fn get_endpoint(
+    c: &rusqlite::Connection,
+    org: &str,
+    id: &str,
+) -> Result<(i64, Endpoint)> {
+    let (row, mut ep) = c
+        .prepare_cached(&format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE org_id = ?1 AND id = ?2"
+        ))?
+        .query_row([org, id], endpoint_from_row)
+        .optional()?
+        .ok_or_else(|| Error::not_found("endpoint", id))?;
+    ep.event_types = load_types(c, row)?;
+    Ok((row, ep))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_type_names() {
+        for ok in ["conversion.created", "a", "a_b.C9", "x.y.z"] {
+            assert!(check_event_type_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "a.",
+            ".a",
+            "a..b",
+            "a-b",
+            "a b",
+            "é",
+            &"a".repeat(101),
+        ] {
+            assert!(check_event_type_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn header_rules() {
+        let h = |n: &str, v: &str| vec![(n.to_owned(), v.to_owned())];
+        assert_eq!(
+            check_headers(h("X-Token", "abc")).unwrap(),
+            vec![("x-token".to_owned(), "abc".to_owned())]
+        );
+        for forbidden in [
+            "webhook-signature",
+            "Content-Type",
+            "Connection",
+            "Proxy-Foo",
+            "Host",
+        ] {
+            assert!(check_headers(h(forbidden, "x")).is_err(), "{forbidden}");
+        }
+        assert!(check_headers(h("bad name", "x")).is_err());
+        assert!(check_headers(h("x-a", "line\r\nbreak")).is_err());
+        let dup = vec![("X-A".into(), "1".into()), ("x-a".into(), "2".into())];
+        assert!(check_headers(dup).is_err());
+        let err = check_headers(h("x-a", "secret\u{0}value"))
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("secret"));
+    }
+
+    #[test]
+    fn subscription_rules() {
+        assert!(check_subscription(std::iter::empty(), false).is_err());
+        assert!(
+            check_subscription(std::iter::empty(), true)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            check_subscription(["a.b", "a.b"].into_iter(), false).unwrap(),
+            vec!["a.b"]
+        );
+    }
+
+    #[test]
+    fn headers_json_roundtrip() {
+        let h = vec![("x-a".to_owned(), "1\"2".to_owned())];
+        assert_eq!(headers_from_json(&headers_to_json(&h)), h);
+    }
+}
