@@ -1,5 +1,6 @@
 //! keyhook
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 mod api_keys;
 mod db;
