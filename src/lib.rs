@@ -1,4 +1,126 @@
-//! keyhook
+//! keyhook: API keys and Standard Webhooks delivery, embedded in your app.
+//!
+//! keyhook is the engine behind a SaaS "Developers" settings page: each
+//! organization creates **API keys** to reach its data from scripts, and
+//! registers **webhooks** to hear about events in real time. It runs inside
+//! the host's process on a SQLite file: no separate service, no async runtime.
+//!
+//! * [`ApiKeyStore`]: create (the plaintext is shown once; only a hash is
+//!   kept), list, rename, edit, revoke for good, roll with a grace period, and
+//!   [`verify`](ApiKeyStore::verify) on every request.
+//! * [`WebhookRegistry`]: the event-type catalogue, endpoints with their
+//!   `whsec_` signing secrets, secret rotation.
+//! * [`Dispatcher`]: [`emit`](Dispatcher::emit) stores an event durably and
+//!   its worker threads deliver it, signed, retrying on a schedule, keeping a
+//!   delivery history.
+//! * [`signing`]: the Standard Webhooks signature scheme, and the
+//!   receiver-side [`verify`](signing::verify) for your customers and tests.
+//!
+//! # Quickstart
+//!
+//! ```
+//! use keyhook::{ApiKeyStore, Database, Dispatcher, EndpointOptions, KeySettings, WebhookRegistry};
+//!
+//! # fn main() -> keyhook::Result<()> {
+//! let db = Database::open_in_memory()?; // Database::open("app.sqlite3") in production
+//!
+//! // API keys are a paid-plan feature: the host enables them per organization.
+//! let keys = ApiKeyStore::builder(&db).prefix("vr").build()?;
+//! keys.set_api_keys_enabled("org_1", true)?;
+//! let created = keys.create("org_1", "Zapier Integration", KeySettings::default())?;
+//! let plaintext = created.secret.expose(); // show it once; keyhook keeps only a hash
+//! let caller = keys.verify(plaintext)?;
+//! assert_eq!(caller.org, "org_1");
+//!
+//! // Webhooks: register event types, then endpoints subscribe to them.
+//! let registry = WebhookRegistry::new(&db);
+//! registry.register_event_type("conversion.created", "A new referred purchase is detected")?;
+//! let endpoint = registry.create(
+//!     "org_1",
+//!     "https://example.com/webhooks",
+//!     &["conversion.created"],
+//!     EndpointOptions::default(),
+//! )?;
+//! println!("signing secret, shown once: {}", endpoint.secret.expose());
+//!
+//! // Emit: stored durably, then delivered by the dispatcher's workers.
+//! // (Zero workers here, so this example makes no network call.)
+//! let dispatcher = Dispatcher::builder(&db, &registry).workers(0).start()?;
+//! let event_id = dispatcher.emit("org_1", "conversion.created", &serde_json::json!({"amount": 4900}))?;
+//! let history = dispatcher.event_deliveries("org_1", &event_id)?;
+//! assert_eq!(history[0].state, keyhook::DeliveryState::Pending);
+//!
+//! keys.revoke("org_1", &created.key.id)?;
+//! assert_eq!(keys.verify(plaintext).unwrap_err().rejection(), Some(keyhook::Rejection::Revoked));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! `cargo run --example quickstart` runs the same story end to end, with a
+//! real receiver on 127.0.0.1 checking every signature.
+//!
+//! # Delivery guarantee
+//!
+//! **At least once.** [`Dispatcher::emit`] returns once the event and one
+//! delivery per subscribed endpoint are committed in a single transaction;
+//! from then on the event survives a crash of the process at any point and is
+//! delivered after the next start. A crash between the receiver's answer and
+//! the recording of it means the receiver sees the request again, so
+//! receivers **deduplicate on the `webhook-id` header**, which is the event id
+//! and the same on every attempt. There is **no ordering guarantee** between
+//! events: retries and parallel workers reorder them; the envelope's
+//! `timestamp` says when each event happened.
+//!
+//! Each request is a `POST` with the Standard Webhooks envelope
+//! `{"type", "timestamp", "data"}` as its JSON body and the headers
+//! `webhook-id`, `webhook-timestamp` and `webhook-signature`. A 2xx answer
+//! within the request timeout (10 s by default) is success; 410 Gone disables
+//! the endpoint; anything else is retried.
+//!
+//! # Retry schedule
+//!
+//! By default ([`RetryPolicy::default`]), the Standard Webhooks example:
+//! immediately, then after 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h and
+//! 24 h (ten attempts over about three days), each wait varied by ±20%.
+//! 429, 502, 503, 504 and timeouts wait at least a minute, and a
+//! `Retry-After` is honoured between the scheduled wait and twice it. After
+//! the last attempt the delivery is marked failed and stays in the history.
+//!
+//! # Security model
+//!
+//! * API keys: only SHA-256 of the secret part is stored (or HMAC-SHA256 with
+//!   a server-side pepper kept out of the database); comparisons are constant
+//!   time; a CRC32 checksum rejects malformed keys without a database lookup;
+//!   revocation is enforced by a database trigger and seen by the very next
+//!   `verify` (there is no cache).
+//! * Webhook signing secrets are stored as raw bytes in the database, because
+//!   signing needs them; protect the database file like any credential store.
+//! * Secrets never appear in `Debug`, `Display`, logs or error messages.
+//! * Destinations: endpoint URLs must be `https` and public. Private,
+//!   loopback, link-local, CGNAT, multicast and cloud-metadata addresses are
+//!   refused at registration, and again on every resolved address at connect
+//!   time (so DNS rebinding does not work), unless the host allows them
+//!   ([`DestinationPolicy`]). Redirects are never followed.
+//!
+//! # Operating it
+//!
+//! * Threads: a [`Dispatcher`] owns its workers (4 by default).
+//!   [`Dispatcher::shutdown`] stops claiming, lets attempts in flight finish
+//!   within a timeout and joins the threads; dropping the dispatcher asks them
+//!   to stop.
+//! * Multi-process: several processes may run dispatchers on one SQLite file.
+//!   A delivery is claimed with one atomic statement that leases it, so two
+//!   workers never make the same attempt; a process that dies leaves leases
+//!   that simply expire. An emit-only process uses `.workers(0)`.
+//! * Durability: [`Durability::Full`] by default (nothing committed is lost
+//!   on power loss); [`Durability::Normal`] for faster commits that survive a
+//!   process crash but may lose the last ones on power loss.
+//!
+//! # Connections and threads
+//!
+//! [`Database`] is a cheap, cloneable, `Send + Sync` handle over a small
+//! pool of SQLite connections; each operation borrows one for its thread.
+//! See [`Database`] for details.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

@@ -124,6 +124,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE state = 0;
     CREATE INDEX deliveries_in_flight ON deliveries (endpoint_row, next_attempt_at)
         WHERE state = 0 AND leased = 1;
+    CREATE INDEX deliveries_due_by_endpoint ON deliveries (endpoint_row, next_attempt_at)
+        WHERE state = 0;
     CREATE INDEX deliveries_by_endpoint ON deliveries (endpoint_row, row_id);
     CREATE INDEX deliveries_by_event ON deliveries (event_row);
 
@@ -142,5 +144,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ALTER TABLE endpoints ADD COLUMN consecutive_failures INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE endpoints ADD COLUMN failing_since INTEGER;
     ALTER TABLE endpoints ADD COLUMN last_success_at INTEGER;
+    -- Endpoints whose attempts are limited: failing, or not yet proven.
+    CREATE INDEX endpoints_limited ON endpoints (row_id)
+        WHERE enabled = 1 AND (consecutive_failures > 0 OR last_success_at IS NULL);
     "#,
 ];

@@ -13,15 +13,32 @@ use receiver::Receiver;
 fn emit_is_delivered_signed() {
     let t = TempDb::new();
     let registry = WebhookRegistry::builder(&t.db)
-        .destination_policy(DestinationPolicy::new().allow_http(true).allow_loopback(true))
+        .destination_policy(
+            DestinationPolicy::new()
+                .allow_http(true)
+                .allow_loopback(true),
+        )
         .build();
-    registry.register_event_type("conversion.created", "A new referred purchase").unwrap();
+    registry
+        .register_event_type("conversion.created", "A new referred purchase")
+        .unwrap();
     let rx = Receiver::ok();
     let ep = registry
-        .create("org_1", &rx.url("/hook"), &["conversion.created"], EndpointOptions::default())
+        .create(
+            "org_1",
+            &rx.url("/hook"),
+            &["conversion.created"],
+            EndpointOptions::default(),
+        )
         .unwrap();
     let d = Dispatcher::builder(&t.db, &registry).start().unwrap();
-    let id = d.emit("org_1", "conversion.created", &serde_json::json!({"amount": 12})).unwrap();
+    let id = d
+        .emit(
+            "org_1",
+            "conversion.created",
+            &serde_json::json!({"amount": 12}),
+        )
+        .unwrap();
     assert!(rx.wait_for(1, Duration::from_secs(10)));
     let got = &rx.received()[0];
     assert_eq!(got.header("webhook-id"), Some(id.as_str()));
@@ -30,7 +47,7 @@ fn emit_is_delivered_signed() {
         got.header("webhook-timestamp"),
         got.header("webhook-signature"),
         &got.body,
-        &[ep.secret.clone()],
+        std::slice::from_ref(&ep.secret),
         SystemTime::now(),
         Duration::from_secs(300),
     )

@@ -6,7 +6,7 @@ mod queue;
 mod retry;
 mod worker;
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,7 +21,8 @@ pub use history::{Attempt, Delivery, DeliveryState};
 pub use http::AttemptError;
 pub use retry::RetryPolicy;
 
-use queue::{EmitLimits, Lane, Next};
+use queue::{EmitLimits, Next};
+use worker::{Jobs, PumpSignal};
 
 /// What happened in one attempt, as told to an observer
 /// ([`DispatcherBuilder::on_attempt`]). Carries ids, never secrets or bodies.
@@ -177,85 +178,55 @@ impl DispatcherBuilder {
             db: self.db,
             lease_ms,
             config: self.config,
-            signal: Signal::default(),
+            pump: PumpSignal::default(),
+            jobs: Jobs::default(),
             observer: self.observer,
         });
         let dispatcher = Dispatcher {
             shared: Arc::clone(&shared),
             threads: Mutex::new(Vec::new()),
         };
-        for i in 0..self.workers {
-            let lane = if i == 0 && self.workers > 1 {
-                Lane::Fresh
-            } else {
-                Lane::Any
-            };
+        if self.workers == 0 {
+            return Ok(dispatcher);
+        }
+        let workers = self.workers;
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new().name(name).spawn(f)
+        };
+        let pump = {
             let shared = Arc::clone(&shared);
-            let handle = std::thread::Builder::new()
-                .name(format!("keyhook-worker-{i}"))
-                .spawn(move || worker::run(shared, lane))?;
-            dispatcher.lock_threads().push(handle);
+            spawn(
+                "keyhook-pump".into(),
+                Box::new(move || worker::run_pump(shared, workers)),
+            )?
+        };
+        dispatcher.lock_threads().push(pump);
+        for i in 0..workers {
+            let shared = Arc::clone(&shared);
+            match spawn(
+                format!("keyhook-worker-{i}"),
+                Box::new(move || worker::run_worker(shared)),
+            ) {
+                Ok(h) => dispatcher.lock_threads().push(h),
+                Err(e) => {
+                    let _ = dispatcher.shutdown(Duration::from_secs(1));
+                    return Err(e.into());
+                }
+            }
         }
         Ok(dispatcher)
     }
 }
 
-/// State shared by the dispatcher handle and its workers.
+/// State shared by the dispatcher handle and its threads.
 pub(crate) struct Shared {
     pub db: Database,
     pub agent: ureq::Agent,
     pub config: Config,
     pub lease_ms: i64,
-    pub signal: Signal,
+    pub pump: PumpSignal,
+    pub jobs: Jobs,
     pub observer: Option<Observer>,
-}
-
-/// Wakes workers: a generation counter under a mutex, so a wake-up between a
-/// worker's empty claim and its wait is never lost.
-#[derive(Default)]
-pub(crate) struct Signal {
-    state: Mutex<(u64, bool)>,
-    cond: Condvar,
-}
-
-impl Signal {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, bool)> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn generation(&self) -> u64 {
-        self.lock().0
-    }
-
-    pub fn stopping(&self) -> bool {
-        self.lock().1
-    }
-
-    /// Sleeps up to `timeout` unless the generation moved past `seen` or stop was asked.
-    pub fn wait(&self, seen: u64, timeout: Duration) {
-        let guard = self.lock();
-        if guard.0 != seen || guard.1 {
-            return;
-        }
-        let _ = self
-            .cond
-            .wait_timeout_while(guard, timeout, |s| s.0 == seen && !s.1);
-    }
-
-    pub fn notify_one(&self) {
-        self.lock().0 += 1;
-        self.cond.notify_one();
-    }
-
-    pub fn notify_all(&self) {
-        self.lock().0 += 1;
-        self.cond.notify_all();
-    }
-
-    fn stop(&self) {
-        self.lock().1 = true;
-        self.cond.notify_all();
-    }
 }
 
 /// Stores events durably and delivers them as signed webhooks.
@@ -354,11 +325,8 @@ impl Dispatcher {
             .shared
             .db
             .write(|tx| queue::insert_events(tx, org, &events, &limits))?;
-        let deliveries: usize = emitted.iter().map(|e| e.deliveries).sum();
-        match deliveries {
-            0 => {}
-            1 => self.shared.signal.notify_one(),
-            _ => self.shared.signal.notify_all(),
+        if emitted.iter().any(|e| e.deliveries > 0) {
+            self.shared.pump.emitted();
         }
         Ok(emitted.into_iter().map(|e| e.id).collect())
     }
@@ -391,7 +359,7 @@ impl Dispatcher {
     /// [`Error::ShutdownTimedOut`] if some threads were still in an attempt
     /// at the deadline; they stop on their own after it.
     pub fn shutdown(&self, timeout: Duration) -> Result<()> {
-        self.shared.signal.stop();
+        self.shared.pump.stop();
         let deadline = Instant::now() + timeout;
         let mut threads = self.lock_threads();
         while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
@@ -417,6 +385,6 @@ impl Dispatcher {
 
 impl Drop for Dispatcher {
     fn drop(&mut self) {
-        self.shared.signal.stop();
+        self.shared.pump.stop();
     }
 }

@@ -30,16 +30,8 @@ pub(crate) struct Claimed {
     pub url: String,
     pub headers: Vec<(String, String)>,
     pub secrets: Vec<SigningSecret>,
-}
-
-/// Which deliveries a worker may claim.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Lane {
-    /// Anything due.
-    Any,
-    /// Only first attempts to endpoints with no recent failure, so retries
-    /// and dead endpoints can never take every worker.
-    Fresh,
+    /// The endpoint failed recently or never succeeded (see [`ClaimLimits`]).
+    pub limited: bool,
 }
 
 /// How an attempt ended, for the delivery row.
@@ -136,51 +128,164 @@ pub(crate) fn insert_events(
     Ok(out)
 }
 
-/// Leases the next due delivery in one atomic statement: its
-/// `next_attempt_at` moves to `lease_until`, so if this worker dies the
-/// delivery is simply due again then, and no other worker or process can
-/// claim it meanwhile. Endpoints that failed recently, or never succeeded,
-/// get at most `limited_in_flight` attempts at once.
-pub(crate) fn claim(
+/// How much [`claim_batch`] may take.
+pub(crate) struct ClaimLimits {
+    /// Deliveries to claim at most (idle workers).
+    pub max: usize,
+    /// Of those, at most this many to "limited" endpoints: ones that failed
+    /// recently or never succeeded, which may be slow or dead.
+    pub max_limited: usize,
+    /// Attempts in flight at once to one limited endpoint, across processes.
+    pub per_endpoint: u32,
+    /// How far the lease pushes `next_attempt_at`.
+    pub lease_ms: i64,
+}
+
+/// One step of the dispatcher, in one transaction (one commit, one fsync):
+/// record finished attempts, then claim new work.
+pub(crate) fn step(
     db: &Database,
-    lane: Lane,
-    lease_ms: i64,
-    limited_in_flight: u32,
-) -> Result<Option<Claimed>> {
+    done: &[Completion],
+    limits: &ClaimLimits,
+) -> Result<(Vec<bool>, Vec<Claimed>)> {
+    db.write(|tx| {
+        let now = now_ms();
+        let applied = done
+            .iter()
+            .map(|c| complete_one(tx, c, now))
+            .collect::<Result<Vec<_>>>()?;
+        let claimed = claim_batch(tx, limits)?;
+        Ok((applied, claimed))
+    })
+}
+
+/// How many due deliveries the fast claim query looks at per delivery wanted.
+const CLAIM_SCAN_PER_ROW: i64 = 8;
+
+/// Leases due deliveries with atomic `UPDATE … RETURNING` statements: each
+/// one's `next_attempt_at` moves to the lease end, so if this process dies
+/// the delivery is simply due again then, and no other worker or process can
+/// claim it meanwhile.
+///
+/// Limited endpoints (failing, or not yet proven) get at most `per_endpoint`
+/// attempts in flight across processes and `max_limited` of this batch, so
+/// slow or dead endpoints never take every worker; everything else is
+/// claimed oldest due first.
+pub(crate) fn claim_batch(conn: &Connection, limits: &ClaimLimits) -> Result<Vec<Claimed>> {
     let now = now_ms();
-    let conn = db.conn()?;
-    let claimed = conn
-        .prepare_cached(
-            "UPDATE deliveries
-             SET next_attempt_at = ?2, leased = 1, attempts = attempts + 1, updated_at = ?1
-             WHERE state = 0 AND row_id = (
-                SELECT d.row_id FROM deliveries d JOIN endpoints e ON e.row_id = d.endpoint_row
-                WHERE d.state = 0 AND d.next_attempt_at <= ?1 AND e.enabled = 1
-                  AND (?3 = 0 OR (d.attempts = 0 AND e.consecutive_failures = 0))
-                  AND ((e.consecutive_failures = 0 AND e.last_success_at IS NOT NULL)
-                       OR (SELECT COUNT(*) FROM deliveries x
-                           WHERE x.endpoint_row = d.endpoint_row AND x.state = 0
-                             AND x.leased = 1 AND x.next_attempt_at > ?1) < ?4)
-                ORDER BY d.next_attempt_at, d.row_id
-                LIMIT 1)
-             RETURNING row_id, event_row, endpoint_row, attempts",
-        )?
-        .query_row(
-            params![now, now + lease_ms, lane == Lane::Fresh, limited_in_flight],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, u32>(3)?,
-                ))
-            },
-        )
-        .optional()?;
-    let Some((delivery_row, event_row, endpoint_row, attempt)) = claimed else {
-        return Ok(None);
-    };
-    load(&conn, delivery_row, event_row, endpoint_row, attempt, now).map(Some)
+    let lease_until = now + limits.lease_ms;
+    let mut rows = Vec::new();
+    if limits.max_limited > 0 && limits.max > 0 {
+        rows = claim_rows(
+            conn,
+            CLAIM_LIMITED_SQL,
+            params![
+                now,
+                lease_until,
+                limits.max.min(limits.max_limited) as i64,
+                limits.per_endpoint
+            ],
+        )?;
+    }
+    if rows.len() < limits.max {
+        rows.extend(claim_rows(
+            conn,
+            CLAIM_HEALTHY_SQL,
+            params![
+                now,
+                lease_until,
+                (limits.max - rows.len()) as i64,
+                (limits.max as i64 * CLAIM_SCAN_PER_ROW).max(64)
+            ],
+        )?);
+    }
+    if rows.len() < limits.max {
+        // The fast scan may have been filled by due deliveries of limited
+        // endpoints at capacity: find healthy endpoints' work per endpoint,
+        // through an index, whatever lies ahead of it.
+        rows.extend(claim_rows(
+            conn,
+            CLAIM_HEALTHY_DEEP_SQL,
+            params![now, lease_until, (limits.max - rows.len()) as i64],
+        )?);
+    }
+    rows.into_iter()
+        .map(|(delivery_row, event_row, endpoint_row, attempt)| {
+            load(conn, delivery_row, event_row, endpoint_row, attempt, now)
+        })
+        .collect()
+}
+
+/// The oldest due delivery of each limited endpoint with a free slot.
+const CLAIM_LIMITED_SQL: &str = "
+    UPDATE deliveries
+    SET next_attempt_at = ?2, leased = 1, attempts = attempts + 1, updated_at = ?1
+    WHERE state = 0 AND row_id IN (
+        SELECT (SELECT d.row_id FROM deliveries d INDEXED BY deliveries_due_by_endpoint
+                WHERE d.endpoint_row = e.row_id AND d.state = 0 AND d.next_attempt_at <= ?1
+                ORDER BY d.next_attempt_at, d.row_id LIMIT 1) AS next_row
+        FROM endpoints e INDEXED BY endpoints_limited
+        WHERE e.enabled = 1 AND (e.consecutive_failures > 0 OR e.last_success_at IS NULL)
+          AND (SELECT COUNT(*) FROM deliveries x INDEXED BY deliveries_in_flight
+               WHERE x.endpoint_row = e.row_id AND x.state = 0 AND x.leased = 1
+                 AND x.next_attempt_at > ?1) < ?4
+        ORDER BY next_row
+        LIMIT ?3)
+    RETURNING row_id, event_row, endpoint_row, attempts";
+
+/// Due deliveries of healthy endpoints among the oldest due.
+const CLAIM_HEALTHY_SQL: &str = "
+    UPDATE deliveries
+    SET next_attempt_at = ?2, leased = 1, attempts = attempts + 1, updated_at = ?1
+    WHERE state = 0 AND row_id IN (
+        SELECT d.row_id
+        FROM (SELECT row_id, endpoint_row FROM deliveries INDEXED BY deliveries_due
+              WHERE state = 0 AND next_attempt_at <= ?1
+              ORDER BY next_attempt_at, row_id LIMIT ?4) d
+        JOIN endpoints e ON e.row_id = d.endpoint_row
+        WHERE e.enabled = 1 AND e.consecutive_failures = 0 AND e.last_success_at IS NOT NULL
+        LIMIT ?3)
+    RETURNING row_id, event_row, endpoint_row, attempts";
+
+/// Due deliveries of healthy endpoints, found endpoint by endpoint.
+const CLAIM_HEALTHY_DEEP_SQL: &str = "
+    UPDATE deliveries
+    SET next_attempt_at = ?2, leased = 1, attempts = attempts + 1, updated_at = ?1
+    WHERE state = 0 AND row_id IN (
+        SELECT d.row_id
+        FROM endpoints e CROSS JOIN deliveries d INDEXED BY deliveries_due_by_endpoint
+        WHERE e.enabled = 1 AND e.consecutive_failures = 0 AND e.last_success_at IS NOT NULL
+          AND d.endpoint_row = e.row_id AND d.state = 0 AND d.next_attempt_at <= ?1
+        ORDER BY d.next_attempt_at, d.row_id
+        LIMIT ?3)
+    RETURNING row_id, event_row, endpoint_row, attempts";
+
+fn claim_rows(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<(i64, i64, i64, u32)>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Gives claimed deliveries that were never attempted back, due now (on shutdown).
+pub(crate) fn release(db: &Database, claimed: &[Claimed]) -> Result<()> {
+    if claimed.is_empty() {
+        return Ok(());
+    }
+    let now = now_ms();
+    db.write(|tx| {
+        let mut stmt = tx.prepare_cached(
+            "UPDATE deliveries SET leased = 0, next_attempt_at = ?3, attempts = attempts - 1
+             WHERE row_id = ?1 AND attempts = ?2 AND state = 0",
+        )?;
+        for c in claimed {
+            stmt.execute(params![c.delivery_row, c.attempt, now])?;
+        }
+        Ok(())
+    })
 }
 
 fn load(
@@ -191,9 +296,10 @@ fn load(
     attempt: u32,
     now: i64,
 ) -> Result<Claimed> {
-    let (event_id, body, org, endpoint_id, url, headers) = conn
+    let (event_id, body, org, endpoint_id, url, headers, limited) = conn
         .prepare_cached(
-            "SELECT ev.id, ev.body, ev.org_id, e.id, e.url, e.headers
+            "SELECT ev.id, ev.body, ev.org_id, e.id, e.url, e.headers,
+                    NOT (e.consecutive_failures = 0 AND e.last_success_at IS NOT NULL)
              FROM events ev, endpoints e WHERE ev.row_id = ?1 AND e.row_id = ?2",
         )?
         .query_row(params![event_row, endpoint_row], |r| {
@@ -204,6 +310,7 @@ fn load(
                 r.get::<_, String>(3)?,
                 r.get::<_, String>(4)?,
                 r.get::<_, String>(5)?,
+                r.get::<_, bool>(6)?,
             ))
         })?;
     Ok(Claimed {
@@ -217,91 +324,91 @@ fn load(
         url,
         headers: headers_from_json(&headers),
         secrets: active_secrets(conn, endpoint_row, now)?,
+        limited,
     })
 }
 
-/// Records an attempt and moves the delivery on. Returns false if the lease
-/// was lost meanwhile (another worker re-claimed the delivery after the lease
-/// expired): the attempt is still recorded, the delivery row is left alone.
-pub(crate) fn complete(
-    db: &Database,
-    claimed: &Claimed,
-    response: &Response,
-    next: Next,
-    manual: bool,
-) -> Result<bool> {
-    let now = now_ms();
-    db.write(|tx| {
-        let (state, next_at) = match next {
-            Next::Delivered => (DELIVERED, None),
-            Next::RetryAt(at) => (PENDING, Some(at)),
-            Next::Failed | Next::Gone => (FAILED, None),
-        };
-        let applied = if manual {
-            // A manual attempt leaves the schedule alone unless it succeeded.
-            tx.prepare_cached(
-                "UPDATE deliveries SET state = ?2, next_attempt_at = NULL, leased = 0, updated_at = ?3
-                 WHERE row_id = ?1 AND ?2 = 1 AND state <> 1",
-            )?
-            .execute(params![claimed.delivery_row, state, now])?
-                > 0
-        } else {
-            tx.prepare_cached(
-                "UPDATE deliveries SET state = ?3, next_attempt_at = ?4, leased = 0, updated_at = ?5
-                 WHERE row_id = ?1 AND attempts = ?2 AND state = 0",
-            )?
-            .execute(params![
-                claimed.delivery_row,
-                claimed.attempt,
-                state,
-                next_at,
-                now
-            ])? > 0
-        };
-        let started = now - response.duration.as_millis() as i64;
+/// One finished attempt, to record.
+pub(crate) struct Completion {
+    pub claimed: Claimed,
+    pub response: Response,
+    pub next: Next,
+    pub manual: bool,
+}
+
+fn complete_one(tx: &Transaction<'_>, c: &Completion, now: i64) -> Result<bool> {
+    let (claimed, response) = (&c.claimed, &c.response);
+    let (state, next_at) = match c.next {
+        Next::Delivered => (DELIVERED, None),
+        Next::RetryAt(at) => (PENDING, Some(at)),
+        Next::Failed | Next::Gone => (FAILED, None),
+    };
+    let applied = if c.manual {
+        // A manual attempt leaves the schedule alone unless it succeeded.
         tx.prepare_cached(
-            "INSERT INTO attempts (delivery_row, attempted_at, duration_ms, status_code,
-                 error_kind, response_body, manual)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "UPDATE deliveries SET state = 1, next_attempt_at = NULL, leased = 0, updated_at = ?2
+             WHERE row_id = ?1 AND ?3 = 1 AND state <> 1",
+        )?
+        .execute(params![claimed.delivery_row, now, state])?
+            > 0
+    } else {
+        tx.prepare_cached(
+            "UPDATE deliveries SET state = ?3, next_attempt_at = ?4, leased = 0, updated_at = ?5
+             WHERE row_id = ?1 AND attempts = ?2 AND state = 0",
         )?
         .execute(params![
             claimed.delivery_row,
-            started,
-            response.duration.as_millis() as i64,
-            response.status,
-            response.error.map(|e| e.as_str()),
-            response.excerpt,
-            manual
+            claimed.attempt,
+            state,
+            next_at,
+            now
+        ])? > 0
+    };
+    let duration_ms = response.duration.as_millis() as i64;
+    let started = now - duration_ms;
+    tx.prepare_cached(
+        "INSERT INTO attempts (delivery_row, attempted_at, duration_ms, status_code,
+             error_kind, response_body, manual)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        claimed.delivery_row,
+        started,
+        duration_ms,
+        response.status,
+        response.error.map(|e| e.as_str()),
+        response.excerpt,
+        c.manual
+    ])?;
+    if response.is_success() {
+        // Written only when something changes, or once a second.
+        tx.prepare_cached(
+            "UPDATE endpoints SET consecutive_failures = 0, failing_since = NULL,
+                 last_success_at = ?2
+             WHERE row_id = ?1 AND (consecutive_failures <> 0 OR last_success_at IS NULL
+                 OR last_success_at < ?2 - 1000)",
+        )?
+        .execute(params![claimed.endpoint_row, now])?;
+    } else {
+        tx.prepare_cached(
+            "UPDATE endpoints SET consecutive_failures = consecutive_failures + 1,
+                 failing_since = COALESCE(failing_since, ?2)
+             WHERE row_id = ?1",
+        )?
+        .execute(params![claimed.endpoint_row, started])?;
+    }
+    if c.next == Next::Gone {
+        tx.prepare_cached(
+            "UPDATE endpoints SET enabled = 0, disabled_reason = ?2, updated_at = ?3
+             WHERE row_id = ?1",
+        )?
+        .execute(params![
+            claimed.endpoint_row,
+            "the receiver answered 410 Gone",
+            now
         ])?;
-        if response.is_success() {
-            tx.prepare_cached(
-                "UPDATE endpoints SET consecutive_failures = 0, failing_since = NULL,
-                     last_success_at = ?2
-                 WHERE row_id = ?1 AND (consecutive_failures <> 0 OR last_success_at IS NULL
-                     OR last_success_at < ?2 - 1000)",
-            )?
-            .execute(params![claimed.endpoint_row, now])?;
-        } else {
-            tx.prepare_cached(
-                "UPDATE endpoints SET consecutive_failures = consecutive_failures + 1,
-                     failing_since = COALESCE(failing_since, ?2)
-                 WHERE row_id = ?1",
-            )?
-            .execute(params![claimed.endpoint_row, started])?;
-        }
-        if next == Next::Gone {
-            tx.prepare_cached(
-                "UPDATE endpoints SET enabled = 0, disabled_reason = ?2, updated_at = ?3
-                 WHERE row_id = ?1",
-            )?
-            .execute(params![
-                claimed.endpoint_row,
-                "the receiver answered 410 Gone",
-                now
-            ])?;
-        }
-        Ok(applied)
-    })
+    }
+    Ok(applied)
 }
 
 /// When the earliest pending delivery is due (leases included), if any.

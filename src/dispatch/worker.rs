@@ -1,6 +1,13 @@
-//! The worker loop: claim, sign, send, record; sleep until woken or due.
+//! The dispatcher's threads.
+//!
+//! One *pump* thread owns the database side: in one transaction per step it
+//! records finished attempts and claims new work, so workers in one process
+//! never contend for SQLite's write lock and commits are shared. *Workers*
+//! only sign and send: they take claimed deliveries from a queue and hand the
+//! outcome back to the pump.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rand::Rng;
@@ -8,85 +15,246 @@ use rand::Rng;
 use crate::db::{duration_ms, now_ms};
 use crate::signing::{Signer, sign};
 
-use super::Shared;
 use super::http::{self, Request, Response, redacted_target};
-use super::queue::{self, Claimed, Lane, Next};
+use super::queue::{self, ClaimLimits, Claimed, Completion, Next};
 use super::retry::parse_retry_after;
+use super::{AttemptReport, Shared};
 
-pub(crate) fn run(shared: Arc<Shared>, lane: Lane) {
-    while !shared.signal.stopping() {
-        let seen = shared.signal.generation();
-        match queue::claim(
-            &shared.db,
-            lane,
-            shared.lease_ms,
-            shared.config.limited_in_flight,
-        ) {
-            Ok(Some(claimed)) => attempt(&shared, &claimed),
-            Ok(None) => {
-                let wait = idle_wait(&shared);
-                shared.signal.wait(seen, wait);
+/// Jobs claimed ahead of the workers, per worker, so each step's commit
+/// serves several deliveries.
+const PREFETCH_PER_WORKER: usize = 4;
+
+/// What the pump waits on: emits, finished attempts, stop.
+#[derive(Default)]
+pub(crate) struct PumpSignal {
+    state: Mutex<PumpState>,
+    cond: Condvar,
+}
+
+#[derive(Default)]
+struct PumpState {
+    /// Bumped by every emit in this process.
+    generation: u64,
+    done: Vec<Completion>,
+    stopping: bool,
+}
+
+impl PumpSignal {
+    fn lock(&self) -> MutexGuard<'_, PumpState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// New work was committed in this process.
+    pub fn emitted(&self) {
+        self.lock().generation += 1;
+        self.cond.notify_one();
+    }
+
+    pub fn stop(&self) {
+        self.lock().stopping = true;
+        self.cond.notify_one();
+    }
+
+    fn finished(&self, c: Completion) {
+        self.lock().done.push(c);
+        self.cond.notify_one();
+    }
+}
+
+/// Claimed deliveries waiting for a worker.
+#[derive(Default)]
+pub(crate) struct Jobs {
+    state: Mutex<(VecDeque<Claimed>, bool)>,
+    cond: Condvar,
+}
+
+impl Jobs {
+    fn lock(&self) -> MutexGuard<'_, (VecDeque<Claimed>, bool)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, jobs: Vec<Claimed>) {
+        let n = jobs.len();
+        self.lock().0.extend(jobs);
+        for _ in 0..n {
+            self.cond.notify_one();
+        }
+    }
+
+    fn take_all(&self) -> Vec<Claimed> {
+        self.lock().0.drain(..).collect()
+    }
+
+    fn close(&self) {
+        self.lock().1 = true;
+        self.cond.notify_all();
+    }
+
+    /// The next job, or `None` once the queue is closed and empty.
+    fn next(&self) -> Option<Claimed> {
+        let mut g = self.lock();
+        loop {
+            if let Some(job) = g.0.pop_front() {
+                return Some(job);
+            }
+            if g.1 {
+                return None;
+            }
+            g = self.cond.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+pub(crate) fn run_worker(shared: Arc<Shared>) {
+    while let Some(claimed) = shared.jobs.next() {
+        let response = deliver(&shared, &claimed);
+        let next = decide(&shared, &claimed, &response);
+        shared.pump.finished(Completion {
+            claimed,
+            response,
+            next,
+            manual: false,
+        });
+    }
+}
+
+pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
+    let capacity = workers * PREFETCH_PER_WORKER;
+    // Limited endpoints (failing, or not yet proven) may hold all but one
+    // worker, so healthy endpoints always have one.
+    let limited_capacity = workers.saturating_sub(1).max(1);
+    let mut in_flight = 0usize;
+    let mut limited_in_flight = 0usize;
+    let mut backoff = Duration::from_millis(10);
+    // False once a claim came back short: nothing more is due until an emit,
+    // a timer, or a freed slot at a limited endpoint says otherwise. Saves a
+    // claim query on every finished attempt.
+    let mut maybe_more = true;
+    let mut last_generation = u64::MAX;
+    loop {
+        let (done, stopping, generation) = {
+            let mut st = shared.pump.lock();
+            (std::mem::take(&mut st.done), st.stopping, st.generation)
+        };
+        if generation != last_generation || done.iter().any(|c| c.claimed.limited) {
+            maybe_more = true;
+            last_generation = generation;
+        }
+        if stopping {
+            let queued = shared.jobs.take_all();
+            let released = queued.len();
+            for c in &queued {
+                limited_in_flight -= usize::from(c.limited);
+            }
+            if let Err(e) = queue::release(&shared.db, &queued) {
+                log::warn!(
+                    "keyhook: releasing {released} unstarted deliveries failed: {e}; their leases will expire"
+                );
+            }
+            in_flight -= released;
+        }
+        let free = capacity - in_flight;
+        let limits = ClaimLimits {
+            // Refill in chunks of at least one per worker, so a commit serves several.
+            max: if stopping || !maybe_more || !(free >= workers || in_flight < workers) {
+                0
+            } else {
+                free
+            },
+            max_limited: limited_capacity.saturating_sub(limited_in_flight),
+            per_endpoint: shared.config.limited_in_flight,
+            lease_ms: shared.lease_ms,
+        };
+        if stopping && done.is_empty() {
+            if in_flight == 0 {
+                shared.jobs.close();
+                return;
+            }
+            wait(&shared, generation, shared.config.poll_interval);
+            continue;
+        }
+        if done.is_empty() && limits.max == 0 {
+            let idle = if in_flight < capacity && !maybe_more {
+                idle_wait(&shared)
+            } else {
+                shared.config.poll_interval
+            };
+            if wait(&shared, generation, idle) {
+                maybe_more = true;
+            }
+            continue;
+        }
+        match queue::step(&shared.db, &done, &limits) {
+            Ok((applied, claimed)) => {
+                backoff = Duration::from_millis(10);
+                for (c, applied) in done.iter().zip(applied) {
+                    in_flight -= 1;
+                    limited_in_flight -= usize::from(c.claimed.limited);
+                    report(&shared, c, applied);
+                }
+                let got = claimed.len();
+                if got < limits.max {
+                    maybe_more = false;
+                }
+                in_flight += got;
+                limited_in_flight += claimed.iter().filter(|c| c.limited).count();
+                shared.jobs.push(claimed);
+                if stopping && in_flight == 0 {
+                    shared.jobs.close();
+                    return;
+                }
             }
             Err(e) => {
-                log::error!("keyhook: claiming a delivery failed: {e}");
-                shared.signal.wait(seen, Duration::from_millis(500));
+                log::error!(
+                    "keyhook: dispatcher step failed: {e}; {} finished attempt(s) not recorded will be retried when their leases end",
+                    done.len()
+                );
+                for c in &done {
+                    in_flight -= 1;
+                    limited_in_flight -= usize::from(c.claimed.limited);
+                }
+                if stopping && in_flight == 0 {
+                    shared.jobs.close();
+                    return;
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
     }
 }
 
-/// How long an idle worker sleeps: until the next due delivery, but never
-/// longer than the poll interval (which bounds how late work from another
-/// process is seen).
+/// Sleeps until an emit, a finished attempt, stop, or `timeout`; true if
+/// the timeout ran out (time passed, so something may have come due).
+fn wait(shared: &Shared, generation: u64, timeout: Duration) -> bool {
+    let st = shared.pump.lock();
+    let (_st, result) = shared
+        .pump
+        .cond
+        .wait_timeout_while(st, timeout, |s| {
+            s.generation == generation && s.done.is_empty() && !s.stopping
+        })
+        .unwrap_or_else(|e| e.into_inner());
+    result.timed_out()
+}
+
+/// How long the pump sleeps with nothing to do: until the next due
+/// delivery, but never longer than the poll interval (which bounds how late
+/// work emitted by another process is seen).
 fn idle_wait(shared: &Shared) -> Duration {
     let poll = shared.config.poll_interval;
     match queue::next_due(&shared.db) {
         Ok(Some(due)) => {
             let until = due - now_ms();
             if until <= 0 {
-                // Due but not claimable: its endpoint is at its in-flight
-                // limit. A completion wakes us; poll gently meanwhile.
-                poll.min(Duration::from_millis(50))
+                // Due but not claimable (its endpoint is at its in-flight
+                // limit): a finished attempt wakes the pump.
+                poll
             } else {
-                poll.min(Duration::from_millis(until as u64))
+                poll.min(Duration::from_millis(until as u64 + 1))
             }
         }
-        Ok(None) => poll,
-        Err(_) => poll,
-    }
-}
-
-fn attempt(shared: &Shared, claimed: &Claimed) {
-    let response = deliver(shared, claimed);
-    let next = decide(shared, claimed, &response);
-    log_attempt(claimed, &response, next);
-    match queue::complete(&shared.db, claimed, &response, next, false) {
-        Ok(true) => {}
-        Ok(false) => log::warn!(
-            "keyhook: delivery of {} to {} outlived its lease; recorded, not applied",
-            claimed.event_id,
-            claimed.endpoint_id
-        ),
-        Err(e) => log::error!(
-            "keyhook: recording the attempt of {} to {} failed: {e}; it will be retried when its lease ends",
-            claimed.event_id,
-            claimed.endpoint_id
-        ),
-    }
-    if !response.is_success() {
-        // A slot at a limited endpoint is free again.
-        shared.signal.notify_one();
-    }
-    if let Some(observer) = &shared.observer {
-        observer(&super::AttemptReport {
-            event_id: &claimed.event_id,
-            endpoint_id: &claimed.endpoint_id,
-            org: &claimed.org,
-            attempt: claimed.attempt,
-            status: response.status,
-            error: response.error,
-            outcome: next,
-        });
+        Ok(None) | Err(_) => poll,
     }
 }
 
@@ -129,9 +297,18 @@ fn decide(shared: &Shared, claimed: &Claimed, response: &Response) -> Next {
     }
 }
 
-fn log_attempt(claimed: &Claimed, response: &Response, next: Next) {
+fn report(shared: &Shared, c: &Completion, applied: bool) {
+    let (claimed, response) = (&c.claimed, &c.response);
     let target = redacted_target(&claimed.url);
-    match next {
+    if !applied && !c.manual {
+        log::warn!(
+            "keyhook: attempt {} of {} to {} outlived its lease; recorded, not applied",
+            claimed.attempt,
+            claimed.event_id,
+            claimed.endpoint_id
+        );
+    }
+    match c.next {
         Next::Delivered => log::debug!(
             "keyhook: delivered {} to {} ({target}) attempt {} status {} in {:?}",
             claimed.event_id,
@@ -159,5 +336,16 @@ fn log_attempt(claimed: &Claimed, response: &Response, next: Next) {
             "keyhook: endpoint {} ({target}) answered 410 Gone; disabled",
             claimed.endpoint_id
         ),
+    }
+    if let Some(observer) = &shared.observer {
+        observer(&AttemptReport {
+            event_id: &claimed.event_id,
+            endpoint_id: &claimed.endpoint_id,
+            org: &claimed.org,
+            attempt: claimed.attempt,
+            status: response.status,
+            error: response.error,
+            outcome: c.next,
+        });
     }
 }
