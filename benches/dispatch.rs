@@ -240,7 +240,7 @@ fn bench_delivery() {
     let mut best_o = 0f64;
     let mut best_r = 0f64;
     for _ in 0..2 {
-        let s = setup(Durability::Full, &url);
+        let s = setup(bench_durability(), &url);
         let filler = Dispatcher::builder(&s.db, &s.registry)
             .workers(0)
             .start()
@@ -474,5 +474,13 @@ fn main() {
     }
     if want("backlog") {
         bench_backlog();
+    }
+}
+
+/// `KEYHOOK_BENCH_DURABILITY=normal` measures delivery with `synchronous=NORMAL`.
+fn bench_durability() -> Durability {
+    match std::env::var("KEYHOOK_BENCH_DURABILITY").as_deref() {
+        Ok("normal") => Durability::Normal,
+        _ => Durability::Full,
     }
 }

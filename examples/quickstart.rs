@@ -42,7 +42,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     )?;
     println!("\nAPI key created: {}", created.key.name);
-    println!("  Copy it now, it will only be shown once: {}", created.secret.expose());
+    println!(
+        "  Copy it now, it will only be shown once: {}",
+        created.secret.expose()
+    );
     match keys.verify(created.secret.expose()) {
         Ok(v) => println!("  verify: ok, org {} scopes {:?}", v.org, v.scopes),
         Err(e) => failures.push(format!("a new key did not verify: {e}")),
@@ -51,13 +54,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // --- Event types and a webhook to a local receiver
     let registry = WebhookRegistry::builder(&db)
         // Development only: a receiver on 127.0.0.1 over plain http.
-        .destination_policy(DestinationPolicy::new().allow_http(true).allow_loopback(true))
+        .destination_policy(
+            DestinationPolicy::new()
+                .allow_http(true)
+                .allow_loopback(true),
+        )
         .build();
     for (name, what) in [
         ("conversion.created", "A new referred purchase is detected"),
-        ("conversion.updated", "A conversion status changes (approved, rejected, fraud)"),
-        ("affiliate.created", "A new referrer is added to your program"),
-        ("affiliate.updated", "An affiliate's status or details change"),
+        (
+            "conversion.updated",
+            "A conversion status changes (approved, rejected, fraud)",
+        ),
+        (
+            "affiliate.created",
+            "A new referrer is added to your program",
+        ),
+        (
+            "affiliate.updated",
+            "An affiliate's status or details change",
+        ),
         ("payout.created", "A new payout batch is created"),
     ] {
         registry.register_event_type(name, what)?;
@@ -76,7 +92,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         EndpointOptions::default(),
     )?;
     println!("\nWebhook created: {}", webhook.endpoint.url);
-    println!("  signing secret (shown on creation): {}", webhook.secret.expose());
+    println!(
+        "  signing secret (shown on creation): {}",
+        webhook.secret.expose()
+    );
     secret_tx.send(webhook.secret.clone())?;
 
     // --- Emit two events; the dispatcher delivers them on its own threads
@@ -135,7 +154,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             d.event_type,
             d.state,
             d.attempts.len(),
-            last.and_then(|a| a.status_code).map_or("-".into(), |s| s.to_string())
+            last.and_then(|a| a.status_code)
+                .map_or("-".into(), |s| s.to_string())
         );
         if d.state != keyhook::DeliveryState::Delivered {
             failures.push(format!("delivery of {} is {:?}", d.event_id, d.state));

@@ -110,6 +110,10 @@ struct Inner {
     target: Target,
     settings: DatabaseBuilder,
     idle: Mutex<Vec<Connection>>,
+    /// Serializes this process's write transactions, so its writers queue on
+    /// a mutex instead of polling SQLite's lock in the busy handler's sleeps.
+    /// Other processes still meet the busy timeout.
+    write_lock: Mutex<()>,
     /// Signalled when a connection is returned; only waited on for in-memory
     /// databases, whose single connection cannot be duplicated.
     returned: Condvar,
@@ -166,6 +170,7 @@ impl Database {
                 target,
                 settings,
                 idle: Mutex::new(Vec::new()),
+                write_lock: Mutex::new(()),
                 returned: Condvar::new(),
             }),
         };
@@ -209,6 +214,11 @@ impl Database {
     /// returns `Ok`; an `Err` rolls everything back.
     pub(crate) fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
         let mut conn = self.conn()?;
+        let _serialized = self
+            .inner
+            .write_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let value = f(&tx)?;
         tx.commit()?;

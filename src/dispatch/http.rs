@@ -92,6 +92,17 @@ pub(crate) struct Response {
 }
 
 impl Response {
+    /// Stands for an attempt that was never made.
+    pub fn not_sent() -> Response {
+        Response {
+            status: None,
+            error: None,
+            retry_after: None,
+            excerpt: Vec::new(),
+            duration: Duration::ZERO,
+        }
+    }
+
     pub fn is_success(&self) -> bool {
         self.error.is_none() && self.status.is_some_and(|s| (200..300).contains(&s))
     }

@@ -2,6 +2,9 @@
 //!
 //! All of the dispatcher's SQL lives here; the worker speaks in the types below.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::db::{Database, now_ms};
@@ -9,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::event::{NewEvent, envelope};
 use crate::id::new_id;
 use crate::registry::{active_secrets, headers_from_json};
-use crate::signing::SigningSecret;
+use crate::signing::Signer;
 
 use super::http::Response;
 
@@ -17,21 +20,31 @@ pub(crate) const PENDING: i64 = 0;
 pub(crate) const DELIVERED: i64 = 1;
 pub(crate) const FAILED: i64 = 2;
 
+/// Where and how to send: shared by the deliveries of one endpoint in a batch.
+pub(crate) struct EndpointTarget {
+    pub endpoint_id: String,
+    pub org: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    /// Pre-keyed signers, one per secret signing now.
+    pub signers: Vec<Signer>,
+    /// The endpoint's last attempt failed (see [`ClaimLimits`]).
+    pub limited: bool,
+}
+
 /// What a worker needs to make one attempt.
 pub(crate) struct Claimed {
     pub delivery_row: i64,
-    /// The attempt number (1-based); also the fencing token for [`complete`].
+    /// The attempt number (1-based); also the fencing token for completion.
     pub attempt: u32,
     pub endpoint_row: i64,
-    pub endpoint_id: String,
-    pub org: String,
     pub event_id: String,
     pub body: Vec<u8>,
-    pub url: String,
-    pub headers: Vec<(String, String)>,
-    pub secrets: Vec<SigningSecret>,
-    /// The endpoint failed recently or never succeeded (see [`ClaimLimits`]).
+    pub target: Arc<EndpointTarget>,
+    /// Copied from the target when claimed, for the pump's slot accounting.
     pub limited: bool,
+    /// When the lease ends (ms); the request must finish before it.
+    pub lease_until: i64,
 }
 
 /// How an attempt ended, for the delivery row.
@@ -42,6 +55,9 @@ pub(crate) enum Next {
     Failed,
     /// 410 Gone: the delivery fails and the endpoint is disabled.
     Gone,
+    /// Not sent: the lease would have ended before the request could finish
+    /// (it waited too long in the queue). Given back, due now, uncounted.
+    NotSent,
 }
 
 /// Limits checked when emitting.
@@ -183,9 +199,25 @@ pub(crate) fn claim_batch(conn: &Connection, limits: &ClaimLimits) -> Result<Vec
                 now,
                 lease_until,
                 limits.max.min(limits.max_limited) as i64,
-                limits.per_endpoint
+                limits.per_endpoint,
+                true
             ],
         )?;
+    }
+    if rows.len() < limits.max {
+        // Endpoints not yet proven (never succeeded, never failed) also get
+        // one attempt in flight, but do not compete with failing ones.
+        rows.extend(claim_rows(
+            conn,
+            CLAIM_LIMITED_SQL,
+            params![
+                now,
+                lease_until,
+                (limits.max - rows.len()) as i64,
+                limits.per_endpoint,
+                false
+            ],
+        )?);
     }
     if rows.len() < limits.max {
         rows.extend(claim_rows(
@@ -209,14 +241,41 @@ pub(crate) fn claim_batch(conn: &Connection, limits: &ClaimLimits) -> Result<Vec
             params![now, lease_until, (limits.max - rows.len()) as i64],
         )?);
     }
-    rows.into_iter()
-        .map(|(delivery_row, event_row, endpoint_row, attempt)| {
-            load(conn, delivery_row, event_row, endpoint_row, attempt, now)
-        })
-        .collect()
+    // Endpoint settings and secrets are read once per endpoint in the batch.
+    let mut endpoints: HashMap<i64, Arc<EndpointTarget>> = HashMap::new();
+    let mut out = Vec::with_capacity(rows.len());
+    for (delivery_row, event_row, endpoint_row, attempt) in rows {
+        let target = match endpoints.get(&endpoint_row) {
+            Some(t) => Arc::clone(t),
+            None => {
+                let t = Arc::new(load_endpoint(conn, endpoint_row, now)?);
+                endpoints.insert(endpoint_row, Arc::clone(&t));
+                t
+            }
+        };
+        let (event_id, body) = conn
+            .prepare_cached("SELECT id, body FROM events WHERE row_id = ?1")?
+            .query_row([event_row], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        out.push(Claimed {
+            delivery_row,
+            attempt,
+            endpoint_row,
+            event_id,
+            body,
+            limited: target.limited,
+            target,
+            lease_until,
+        });
+    }
+    Ok(out)
 }
 
-/// The oldest due delivery of each limited endpoint with a free slot.
+// Every `LIMIT (SELECT ?n)` is deliberate: SQLite re-prepares a statement
+// whenever a value bound to a plain `LIMIT ?n` changes (it plans with the
+// value), which cost more than the claim itself.
+
+/// The oldest due delivery of each limited endpoint with a free slot:
+/// failing endpoints when `?5` is true, unproven ones when false.
 const CLAIM_LIMITED_SQL: &str = "
     UPDATE deliveries
     SET next_attempt_at = ?2, leased = 1, attempts = attempts + 1, updated_at = ?1
@@ -226,11 +285,13 @@ const CLAIM_LIMITED_SQL: &str = "
                 ORDER BY d.next_attempt_at, d.row_id LIMIT 1) AS next_row
         FROM endpoints e INDEXED BY endpoints_limited
         WHERE e.enabled = 1 AND (e.consecutive_failures > 0 OR e.last_success_at IS NULL)
+          AND (e.consecutive_failures > 0) = ?5
           AND (SELECT COUNT(*) FROM deliveries x INDEXED BY deliveries_in_flight
                WHERE x.endpoint_row = e.row_id AND x.state = 0 AND x.leased = 1
                  AND x.next_attempt_at > ?1) < ?4
+          AND next_row IS NOT NULL
         ORDER BY next_row
-        LIMIT ?3)
+        LIMIT (SELECT ?3))
     RETURNING row_id, event_row, endpoint_row, attempts";
 
 /// Due deliveries of healthy endpoints among the oldest due.
@@ -241,10 +302,10 @@ const CLAIM_HEALTHY_SQL: &str = "
         SELECT d.row_id
         FROM (SELECT row_id, endpoint_row FROM deliveries INDEXED BY deliveries_due
               WHERE state = 0 AND next_attempt_at <= ?1
-              ORDER BY next_attempt_at, row_id LIMIT ?4) d
+              ORDER BY next_attempt_at, row_id LIMIT (SELECT ?4)) d
         JOIN endpoints e ON e.row_id = d.endpoint_row
         WHERE e.enabled = 1 AND e.consecutive_failures = 0 AND e.last_success_at IS NOT NULL
-        LIMIT ?3)
+        LIMIT (SELECT ?3))
     RETURNING row_id, event_row, endpoint_row, attempts";
 
 /// Due deliveries of healthy endpoints, found endpoint by endpoint.
@@ -257,7 +318,7 @@ const CLAIM_HEALTHY_DEEP_SQL: &str = "
         WHERE e.enabled = 1 AND e.consecutive_failures = 0 AND e.last_success_at IS NOT NULL
           AND d.endpoint_row = e.row_id AND d.state = 0 AND d.next_attempt_at <= ?1
         ORDER BY d.next_attempt_at, d.row_id
-        LIMIT ?3)
+        LIMIT (SELECT ?3))
     RETURNING row_id, event_row, endpoint_row, attempts";
 
 fn claim_rows(
@@ -288,42 +349,28 @@ pub(crate) fn release(db: &Database, claimed: &[Claimed]) -> Result<()> {
     })
 }
 
-fn load(
-    conn: &Connection,
-    delivery_row: i64,
-    event_row: i64,
-    endpoint_row: i64,
-    attempt: u32,
-    now: i64,
-) -> Result<Claimed> {
-    let (event_id, body, org, endpoint_id, url, headers, limited) = conn
+fn load_endpoint(conn: &Connection, endpoint_row: i64, now: i64) -> Result<EndpointTarget> {
+    let (endpoint_id, org, url, headers, limited) = conn
         .prepare_cached(
-            "SELECT ev.id, ev.body, ev.org_id, e.id, e.url, e.headers,
-                    NOT (e.consecutive_failures = 0 AND e.last_success_at IS NOT NULL)
-             FROM events ev, endpoints e WHERE ev.row_id = ?1 AND e.row_id = ?2",
+            "SELECT id, org_id, url, headers, consecutive_failures > 0
+             FROM endpoints WHERE row_id = ?1",
         )?
-        .query_row(params![event_row, endpoint_row], |r| {
+        .query_row([endpoint_row], |r| {
             Ok((
                 r.get::<_, String>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
                 r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, String>(5)?,
-                r.get::<_, bool>(6)?,
+                r.get::<_, bool>(4)?,
             ))
         })?;
-    Ok(Claimed {
-        delivery_row,
-        attempt,
-        endpoint_row,
+    let secrets = active_secrets(conn, endpoint_row, now)?;
+    Ok(EndpointTarget {
         endpoint_id,
         org,
-        event_id,
-        body,
         url,
         headers: headers_from_json(&headers),
-        secrets: active_secrets(conn, endpoint_row, now)?,
+        signers: secrets.iter().map(Signer::new).collect(),
         limited,
     })
 }
@@ -338,10 +385,20 @@ pub(crate) struct Completion {
 
 fn complete_one(tx: &Transaction<'_>, c: &Completion, now: i64) -> Result<bool> {
     let (claimed, response) = (&c.claimed, &c.response);
+    if c.next == Next::NotSent {
+        return Ok(tx
+            .prepare_cached(
+                "UPDATE deliveries SET leased = 0, next_attempt_at = ?3, attempts = attempts - 1
+                 WHERE row_id = ?1 AND attempts = ?2 AND state = 0",
+            )?
+            .execute(params![claimed.delivery_row, claimed.attempt, now])?
+            > 0);
+    }
     let (state, next_at) = match c.next {
         Next::Delivered => (DELIVERED, None),
         Next::RetryAt(at) => (PENDING, Some(at)),
         Next::Failed | Next::Gone => (FAILED, None),
+        Next::NotSent => unreachable!("handled above"),
     };
     let applied = if c.manual {
         // A manual attempt leaves the schedule alone unless it succeeded.
@@ -377,7 +434,7 @@ fn complete_one(tx: &Transaction<'_>, c: &Completion, now: i64) -> Result<bool> 
         duration_ms,
         response.status,
         response.error.map(|e| e.as_str()),
-        response.excerpt,
+        (!response.excerpt.is_empty()).then_some(&response.excerpt),
         c.manual
     ])?;
     if response.is_success() {

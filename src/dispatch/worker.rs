@@ -13,7 +13,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::db::{duration_ms, now_ms};
-use crate::signing::{Signer, sign};
+use crate::signing::sign;
 
 use super::http::{self, Request, Response, redacted_target};
 use super::queue::{self, ClaimLimits, Claimed, Completion, Next};
@@ -22,7 +22,7 @@ use super::{AttemptReport, Shared};
 
 /// Jobs claimed ahead of the workers, per worker, so each step's commit
 /// serves several deliveries.
-const PREFETCH_PER_WORKER: usize = 4;
+const PREFETCH_PER_WORKER: usize = 8;
 
 /// What the pump waits on: emits, finished attempts, stop.
 #[derive(Default)]
@@ -106,7 +106,19 @@ impl Jobs {
 }
 
 pub(crate) fn run_worker(shared: Arc<Shared>) {
+    let timeout_ms = duration_ms(shared.config.request_timeout);
     while let Some(claimed) = shared.jobs.next() {
+        if now_ms() + timeout_ms + 500 > claimed.lease_until {
+            // Sending now could outlast the lease, and another worker could
+            // then send the same attempt: give it back instead.
+            shared.pump.finished(Completion {
+                claimed,
+                response: Response::not_sent(),
+                next: Next::NotSent,
+                manual: false,
+            });
+            continue;
+        }
         let response = deliver(&shared, &claimed);
         let next = decide(&shared, &claimed, &response);
         shared.pump.finished(Completion {
@@ -126,9 +138,8 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
     let mut in_flight = 0usize;
     let mut limited_in_flight = 0usize;
     let mut backoff = Duration::from_millis(10);
-    // False once a claim came back short: nothing more is due until an emit,
-    // a timer, or a freed slot at a limited endpoint says otherwise. Saves a
-    // claim query on every finished attempt.
+    // False once a claim came back short: nothing more is claimable until an
+    // emit, a finished attempt or a timer says otherwise.
     let mut maybe_more = true;
     let mut last_generation = u64::MAX;
     loop {
@@ -136,7 +147,9 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             let mut st = shared.pump.lock();
             (std::mem::take(&mut st.done), st.stopping, st.generation)
         };
-        if generation != last_generation || done.iter().any(|c| c.claimed.limited) {
+        // A finished attempt can free a slot at a limited endpoint or prove a
+        // new one, making more work claimable.
+        if generation != last_generation || !done.is_empty() {
             maybe_more = true;
             last_generation = generation;
         }
@@ -261,13 +274,13 @@ fn idle_wait(shared: &Shared) -> Duration {
 /// Signs with every current secret and sends.
 pub(crate) fn deliver(shared: &Shared, claimed: &Claimed) -> Response {
     let timestamp = now_ms() / 1000;
-    let signers: Vec<Signer> = claimed.secrets.iter().map(Signer::new).collect();
-    let signature = sign(&signers, &claimed.event_id, timestamp, &claimed.body);
+    let target = &claimed.target;
+    let signature = sign(&target.signers, &claimed.event_id, timestamp, &claimed.body);
     http::send(
         &shared.agent,
         &Request {
-            url: &claimed.url,
-            headers: &claimed.headers,
+            url: &target.url,
+            headers: &target.headers,
             msg_id: &claimed.event_id,
             timestamp,
             signature: &signature,
@@ -299,20 +312,29 @@ fn decide(shared: &Shared, claimed: &Claimed, response: &Response) -> Next {
 
 fn report(shared: &Shared, c: &Completion, applied: bool) {
     let (claimed, response) = (&c.claimed, &c.response);
-    let target = redacted_target(&claimed.url);
+    let endpoint = &claimed.target;
+    let target = redacted_target(&endpoint.url);
+    if c.next == Next::NotSent {
+        log::debug!(
+            "keyhook: {} to {} waited too long for a worker; given back",
+            claimed.event_id,
+            endpoint.endpoint_id
+        );
+        return;
+    }
     if !applied && !c.manual {
         log::warn!(
             "keyhook: attempt {} of {} to {} outlived its lease; recorded, not applied",
             claimed.attempt,
             claimed.event_id,
-            claimed.endpoint_id
+            endpoint.endpoint_id
         );
     }
     match c.next {
         Next::Delivered => log::debug!(
             "keyhook: delivered {} to {} ({target}) attempt {} status {} in {:?}",
             claimed.event_id,
-            claimed.endpoint_id,
+            endpoint.endpoint_id,
             claimed.attempt,
             response.status.unwrap_or(0),
             response.duration
@@ -321,7 +343,7 @@ fn report(shared: &Shared, c: &Completion, applied: bool) {
             "keyhook: attempt {} of {} to {} ({target}) failed ({}{}); retry in {} ms",
             claimed.attempt,
             claimed.event_id,
-            claimed.endpoint_id,
+            endpoint.endpoint_id,
             response.error.map(|e| e.as_str()).unwrap_or("?"),
             response.status.map(|s| format!(" {s}")).unwrap_or_default(),
             at - now_ms()
@@ -329,19 +351,20 @@ fn report(shared: &Shared, c: &Completion, applied: bool) {
         Next::Failed => log::warn!(
             "keyhook: delivery of {} to {} ({target}) failed for good after {} attempts",
             claimed.event_id,
-            claimed.endpoint_id,
+            endpoint.endpoint_id,
             claimed.attempt
         ),
+        Next::NotSent => {}
         Next::Gone => log::warn!(
             "keyhook: endpoint {} ({target}) answered 410 Gone; disabled",
-            claimed.endpoint_id
+            endpoint.endpoint_id
         ),
     }
     if let Some(observer) = &shared.observer {
         observer(&AttemptReport {
             event_id: &claimed.event_id,
-            endpoint_id: &claimed.endpoint_id,
-            org: &claimed.org,
+            endpoint_id: &endpoint.endpoint_id,
+            org: &endpoint.org,
             attempt: claimed.attempt,
             status: response.status,
             error: response.error,

@@ -160,7 +160,12 @@ impl Receiver {
             if now >= deadline {
                 return false;
             }
-            got = self.state.arrived.wait_timeout(got, deadline - now).unwrap().0;
+            got = self
+                .state
+                .arrived
+                .wait_timeout(got, deadline - now)
+                .unwrap()
+                .0;
         }
         true
     }
