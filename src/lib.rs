@@ -143,13 +143,18 @@ pub use api_keys::{
 pub use db::{Database, DatabaseBuilder, Durability};
 pub use destination::DestinationPolicy;
 pub use dispatch::{
-    Attempt, AttemptError, AttemptReport, Delivery, DeliveryState, Dispatcher, DispatcherBuilder,
-    RetryPolicy,
+    Attempt, AttemptError, AttemptReport, Delivery, DeliveryState, DisableReason, Dispatcher,
+    DispatcherBuilder, EndpointStats, HistoryPage, HistoryQuery, MAX_HISTORY_RANGE, MAX_PAGE_SIZE,
+    MAX_RECOVERY_WINDOW, Notice, PurgeReport, RetryPolicy,
 };
 pub use error::{Error, Rejection, Result};
 pub use event::NewEvent;
 pub use registry::{
-    CreatedEndpoint, DEFAULT_ROTATION_GRACE, Endpoint, EndpointOptions, EndpointUpdate, EventType,
-    MAX_ROTATION_GRACE, WebhookRegistry, WebhookRegistryBuilder,
+    CreatedEndpoint, DEFAULT_ROTATION_GRACE, EnabledEndpoint, Endpoint, EndpointOptions,
+    EndpointUpdate, EventType, MAX_ROTATION_GRACE, WebhookRegistry, WebhookRegistryBuilder,
 };
 pub use signing::SigningSecret;
+
+/// The rusqlite version keyhook uses, for [`Dispatcher::emit_in`] inside the
+/// host's own transactions.
+pub use rusqlite;

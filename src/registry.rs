@@ -147,6 +147,18 @@ impl std::fmt::Debug for Endpoint {
     }
 }
 
+/// What [`WebhookRegistry::enable`] returns.
+#[derive(Debug, Clone)]
+pub struct EnabledEndpoint {
+    /// The endpoint, enabled.
+    pub endpoint: Endpoint,
+    /// When its trouble began (first failure, or when it was disabled), if
+    /// it was failing or disabled: pass it to
+    /// [`Dispatcher::recover`](crate::Dispatcher::recover) to resend what
+    /// failed meanwhile.
+    pub missed_since: Option<SystemTime>,
+}
+
 /// What [`WebhookRegistry::create`] returns: the endpoint and its signing secret,
 /// to show the owner (they need it to verify signatures).
 #[derive(Debug, Clone)]
@@ -402,7 +414,9 @@ impl WebhookRegistry {
             tx.execute(
                 "UPDATE endpoints SET url = ?2, description = ?3, all_event_types = ?4,
                      headers = ?5, enabled = ?6, updated_at = ?7,
-                     disabled_reason = CASE WHEN ?6 THEN NULL ELSE disabled_reason END
+                     disabled_reason = CASE WHEN ?6 THEN NULL ELSE disabled_reason END,
+                     disabled_at = CASE WHEN ?6 THEN NULL ELSE COALESCE(disabled_at, ?7) END,
+                     failing_since = CASE WHEN ?6 AND enabled = 0 THEN NULL ELSE failing_since END
                  WHERE row_id = ?1",
                 params![
                     row,
@@ -416,6 +430,39 @@ impl WebhookRegistry {
             )?;
             set_types(tx, row, &types)?;
             Ok(get_endpoint(tx, org, id)?.1)
+        })
+    }
+
+    /// Enables an endpoint (after keyhook or its owner disabled it) and says
+    /// since when it missed deliveries, to offer a recovery. Its failure
+    /// period starts afresh.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] (also for a deleted endpoint).
+    pub fn enable(&self, org: &str, id: &str) -> Result<EnabledEndpoint> {
+        let now = now_ms();
+        self.db.write(|tx| {
+            let (row, _) = get_endpoint(tx, org, id)?;
+            let (failing_since, disabled_at): (Option<i64>, Option<i64>) = tx.query_row(
+                "SELECT failing_since, disabled_at FROM endpoints WHERE row_id = ?1",
+                [row],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            tx.execute(
+                "UPDATE endpoints SET enabled = 1, disabled_reason = NULL, disabled_at = NULL,
+                     failing_since = NULL, updated_at = ?2
+                 WHERE row_id = ?1",
+                params![row, now],
+            )?;
+            let missed = match (failing_since, disabled_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            Ok(EnabledEndpoint {
+                endpoint: get_endpoint(tx, org, id)?.1,
+                missed_since: missed.map(from_ms),
+            })
         })
     }
 

@@ -126,7 +126,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         WHERE state = 0 AND leased = 1;
     CREATE INDEX deliveries_due_by_endpoint ON deliveries (endpoint_row, next_attempt_at)
         WHERE state = 0;
-    CREATE INDEX deliveries_by_endpoint ON deliveries (endpoint_row, row_id);
+    -- History pages: newest first per endpoint, optionally by state. SQLite
+    -- appends the row id to every index entry, so both are ordered by
+    -- (created_at, row_id): the keyset of the history cursor.
+    CREATE INDEX deliveries_by_endpoint ON deliveries (endpoint_row, created_at);
+    CREATE INDEX deliveries_by_endpoint_state ON deliveries (endpoint_row, state, created_at);
     CREATE INDEX deliveries_by_event ON deliveries (event_row);
 
     CREATE TABLE attempts (
@@ -144,8 +148,16 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ALTER TABLE endpoints ADD COLUMN consecutive_failures INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE endpoints ADD COLUMN failing_since INTEGER;
     ALTER TABLE endpoints ADD COLUMN last_success_at INTEGER;
+    ALTER TABLE endpoints ADD COLUMN disabled_at INTEGER;
     -- Endpoints whose attempts are limited: failing, or not yet proven.
     CREATE INDEX endpoints_limited ON endpoints (row_id)
         WHERE enabled = 1 AND (consecutive_failures > 0 OR last_success_at IS NULL);
+
+    -- Per-database secrets, e.g. the key that makes history cursors tamper-evident.
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO meta (key, value) VALUES ('cursor_key', randomblob(32));
     "#,
 ];

@@ -1,14 +1,24 @@
-//! The delivery history: deliveries and their attempts, for the settings page.
+//! The delivery history for the settings page: pages of deliveries with
+//! their attempts, filtered by state and time, with a tamper-evident cursor.
 
 use std::time::{Duration, SystemTime};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
 use rusqlite::{Connection, OptionalExtension, params};
+use sha2::Sha256;
 
-use crate::db::{Database, from_ms};
+use crate::db::{Database, from_ms, now_ms, to_ms};
 use crate::error::{Error, Result};
 
 use super::http::AttemptError;
-use super::queue::{DELIVERED, FAILED};
+use super::queue::{DELIVERED, FAILED, PENDING};
+
+/// The longest time range one history query may span.
+pub const MAX_HISTORY_RANGE: Duration = Duration::from_secs(90 * 24 * 3600);
+/// The most deliveries on one history page.
+pub const MAX_PAGE_SIZE: usize = 200;
 
 /// Where a delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -29,11 +39,21 @@ impl DeliveryState {
             _ => DeliveryState::Pending,
         }
     }
+
+    fn code(self) -> i64 {
+        match self {
+            DeliveryState::Pending => PENDING,
+            DeliveryState::Delivered => DELIVERED,
+            DeliveryState::Failed => FAILED,
+        }
+    }
 }
 
 /// One event's delivery to one endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
+    /// Its id, for [`Dispatcher::redeliver`](super::Dispatcher::redeliver).
+    pub id: String,
     /// The event id (the `webhook-id` header).
     pub event_id: String,
     /// The event type.
@@ -67,19 +87,75 @@ pub struct Attempt {
     pub manual: bool,
 }
 
-const DELIVERY_SELECT: &str = "SELECT d.row_id, ev.id, ev.event_type, e.id, d.state, d.created_at,
-        d.next_attempt_at
-     FROM deliveries d
-     JOIN events ev ON ev.row_id = d.event_row
-     JOIN endpoints e ON e.row_id = d.endpoint_row";
+/// Which deliveries a history page shows. The default: every state, all
+/// time, 50 per page, first page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Only deliveries in this state.
+    pub state: Option<DeliveryState>,
+    /// Only deliveries created at or after this time.
+    pub since: Option<SystemTime>,
+    /// Only deliveries created before this time.
+    pub until: Option<SystemTime>,
+    /// Deliveries per page, 1 to [`MAX_PAGE_SIZE`]. Default: 50.
+    pub limit: usize,
+    /// The `next_cursor` of the previous page, to continue from it.
+    pub cursor: Option<String>,
+}
+
+impl Default for HistoryQuery {
+    fn default() -> Self {
+        HistoryQuery {
+            state: None,
+            since: None,
+            until: None,
+            limit: 50,
+            cursor: None,
+        }
+    }
+}
+
+/// One page of history, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// The deliveries, newest first, each with its attempts.
+    pub deliveries: Vec<Delivery>,
+    /// Pass this as [`HistoryQuery::cursor`] (with the same filters) for the
+    /// next page; `None` on the last page. Pages stay stable while new
+    /// deliveries arrive: the cursor is a position, not an offset.
+    pub next_cursor: Option<String>,
+}
+
+/// The delivery columns, reading `deliveries` through `index` when given.
+fn delivery_select(index: Option<&str>) -> String {
+    format!(
+        "SELECT d.row_id, ev.id, ev.event_type, e.id, d.state, d.created_at, d.next_attempt_at
+         FROM deliveries d {}
+         JOIN events ev ON ev.row_id = d.event_row
+         JOIN endpoints e ON e.row_id = d.endpoint_row",
+        index.map(|i| format!("INDEXED BY {i}")).unwrap_or_default()
+    )
+}
+
+/// The public id of a delivery row.
+pub(crate) fn delivery_id(row: i64) -> String {
+    format!("dlv_{row}")
+}
+
+/// The row of a public delivery id, or `None` if it is not one.
+pub(crate) fn delivery_row(id: &str) -> Option<i64> {
+    id.strip_prefix("dlv_")?.parse().ok().filter(|r| *r > 0)
+}
 
 fn collect(c: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Vec<Delivery>> {
     let mut stmt = c.prepare_cached(sql)?;
     let rows = stmt
         .query_map(params, |r| {
+            let row: i64 = r.get(0)?;
             Ok((
-                r.get::<_, i64>(0)?,
+                row,
                 Delivery {
+                    id: delivery_id(row),
                     event_id: r.get(1)?,
                     event_type: r.get(2)?,
                     endpoint_id: r.get(3)?,
@@ -99,7 +175,7 @@ fn collect(c: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<V
         .collect()
 }
 
-fn attempts(c: &Connection, delivery_row: i64) -> Result<Vec<Attempt>> {
+pub(crate) fn attempts(c: &Connection, delivery_row: i64) -> Result<Vec<Attempt>> {
     let mut stmt = c.prepare_cached(
         "SELECT attempted_at, duration_ms, status_code, error_kind, response_body, manual
          FROM attempts WHERE delivery_row = ?1 ORDER BY row_id",
@@ -119,23 +195,94 @@ fn attempts(c: &Connection, delivery_row: i64) -> Result<Vec<Attempt>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-pub(crate) fn endpoint_deliveries(
+/// The endpoint's row, if `org` has it.
+pub(crate) fn endpoint_row(c: &Connection, org: &str, endpoint_id: &str) -> Result<i64> {
+    c.prepare_cached("SELECT row_id FROM endpoints WHERE org_id = ?1 AND id = ?2")?
+        .query_row([org, endpoint_id], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| Error::not_found("endpoint", endpoint_id))
+}
+
+pub(crate) fn endpoint_history(
     db: &Database,
     org: &str,
     endpoint_id: &str,
-    limit: usize,
-) -> Result<Vec<Delivery>> {
+    query: &HistoryQuery,
+) -> Result<HistoryPage> {
+    if query.limit == 0 || query.limit > MAX_PAGE_SIZE {
+        return Err(Error::invalid(
+            "limit",
+            format!("must be 1 to {MAX_PAGE_SIZE}"),
+        ));
+    }
+    let since = query.since.map(to_ms).unwrap_or(i64::MIN);
+    let until = query.until.map(to_ms).unwrap_or(i64::MAX);
+    if since >= until {
+        return Err(Error::invalid("since", "must be before until"));
+    }
+    if query.since.is_some()
+        && query.until.is_some()
+        && until - since > MAX_HISTORY_RANGE.as_millis() as i64
+    {
+        return Err(Error::invalid(
+            "until",
+            "the range may span at most 90 days",
+        ));
+    }
     db.read(|c| {
-        let row: i64 = c
-            .prepare_cached("SELECT row_id FROM endpoints WHERE org_id = ?1 AND id = ?2")?
-            .query_row([org, endpoint_id], |r| r.get(0))
-            .optional()?
-            .ok_or_else(|| Error::not_found("endpoint", endpoint_id))?;
-        collect(
-            c,
-            &format!("{DELIVERY_SELECT} WHERE d.endpoint_row = ?1 ORDER BY d.row_id DESC LIMIT ?2"),
-            params![row, limit.min(1000) as i64],
-        )
+        let row = endpoint_row(c, org, endpoint_id)?;
+        let key = cursor_key(c)?;
+        let scope = CursorScope {
+            org,
+            endpoint_id,
+            state: query.state,
+            since,
+            until,
+        };
+        // The position: strictly older than (created_at, row_id) of the last row shown.
+        let (before_at, before_row) = match &query.cursor {
+            Some(cursor) => decode_cursor(&key, &scope, cursor)?,
+            None => (until, i64::MIN),
+        };
+        let limit = query.limit as i64 + 1;
+        let mut page = match query.state {
+            Some(state) => collect(
+                c,
+                &format!(
+                    "{} WHERE d.endpoint_row = ?1 AND d.state = ?2
+                       AND d.created_at >= ?3 AND (d.created_at, d.row_id) < (?4, ?5)
+                     ORDER BY d.created_at DESC, d.row_id DESC LIMIT ?6",
+                    delivery_select(Some("deliveries_by_endpoint_state"))
+                ),
+                params![row, state.code(), since, before_at, before_row, limit],
+            )?,
+            None => collect(
+                c,
+                &format!(
+                    "{} WHERE d.endpoint_row = ?1
+                       AND d.created_at >= ?2 AND (d.created_at, d.row_id) < (?3, ?4)
+                     ORDER BY d.created_at DESC, d.row_id DESC LIMIT ?5",
+                    delivery_select(Some("deliveries_by_endpoint"))
+                ),
+                params![row, since, before_at, before_row, limit],
+            )?,
+        };
+        let next_cursor = if page.len() > query.limit {
+            page.truncate(query.limit);
+            let last = page.last().expect("limit is at least 1");
+            Some(encode_cursor(
+                &key,
+                &scope,
+                to_ms(last.created_at),
+                delivery_row(&last.id).expect("ids are made by delivery_id"),
+            ))
+        } else {
+            None
+        };
+        Ok(HistoryPage {
+            deliveries: page,
+            next_cursor,
+        })
     })
 }
 
@@ -148,8 +295,200 @@ pub(crate) fn event_deliveries(db: &Database, org: &str, event_id: &str) -> Resu
             .ok_or_else(|| Error::not_found("event", event_id))?;
         collect(
             c,
-            &format!("{DELIVERY_SELECT} WHERE d.event_row = ?1 ORDER BY d.row_id"),
+            &format!(
+                "{} WHERE d.event_row = ?1 ORDER BY d.row_id",
+                delivery_select(None)
+            ),
             params![row],
         )
     })
+}
+
+/// One delivery of the organization.
+pub(crate) fn delivery(c: &Connection, org: &str, id: &str) -> Result<Delivery> {
+    let row = delivery_row(id).ok_or_else(|| Error::not_found("delivery", id))?;
+    collect(
+        c,
+        &format!(
+            "{} WHERE d.row_id = ?1 AND d.org_id = ?2",
+            delivery_select(None)
+        ),
+        params![row, org],
+    )?
+    .pop()
+    .ok_or_else(|| Error::not_found("delivery", id))
+}
+
+/// What a cursor is valid for: the same organization, endpoint and filters.
+struct CursorScope<'a> {
+    org: &'a str,
+    endpoint_id: &'a str,
+    state: Option<DeliveryState>,
+    since: i64,
+    until: i64,
+}
+
+const CURSOR_TAG_LEN: usize = 16;
+
+fn cursor_key(c: &Connection) -> Result<Vec<u8>> {
+    Ok(
+        c.prepare_cached("SELECT value FROM meta WHERE key = 'cursor_key'")?
+            .query_row([], |r| r.get(0))?,
+    )
+}
+
+fn cursor_tag(key: &[u8], scope: &CursorScope<'_>, at: i64, row: i64) -> [u8; CURSOR_TAG_LEN] {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    for part in [
+        scope.org.as_bytes(),
+        b"\0",
+        scope.endpoint_id.as_bytes(),
+        b"\0",
+    ] {
+        mac.update(part);
+    }
+    mac.update(&scope.state.map_or(-1, DeliveryState::code).to_be_bytes());
+    for n in [scope.since, scope.until, at, row] {
+        mac.update(&n.to_be_bytes());
+    }
+    let full = mac.finalize().into_bytes();
+    let mut tag = [0u8; CURSOR_TAG_LEN];
+    tag.copy_from_slice(&full[..CURSOR_TAG_LEN]);
+    tag
+}
+
+fn encode_cursor(key: &[u8], scope: &CursorScope<'_>, at: i64, row: i64) -> String {
+    let mut raw = Vec::with_capacity(16 + CURSOR_TAG_LEN);
+    raw.extend_from_slice(&at.to_be_bytes());
+    raw.extend_from_slice(&row.to_be_bytes());
+    raw.extend_from_slice(&cursor_tag(key, scope, at, row));
+    URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn decode_cursor(key: &[u8], scope: &CursorScope<'_>, cursor: &str) -> Result<(i64, i64)> {
+    let bad = || {
+        Error::invalid(
+            "cursor",
+            "not a cursor of this query (changed, or from other filters)",
+        )
+    };
+    if cursor.len() > 64 {
+        return Err(bad());
+    }
+    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    if raw.len() != 16 + CURSOR_TAG_LEN {
+        return Err(bad());
+    }
+    let at = i64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
+    let row = i64::from_be_bytes(raw[8..16].try_into().expect("8 bytes"));
+    let expected = cursor_tag(key, scope, at, row);
+    use subtle::ConstantTimeEq;
+    if !bool::from(expected.ct_eq(&raw[16..])) {
+        return Err(bad());
+    }
+    Ok((at, row))
+}
+
+/// Counts for a dashboard.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EndpointStats {
+    /// Deliveries waiting for an attempt.
+    pub pending: u64,
+    /// Deliveries that succeeded.
+    pub delivered: u64,
+    /// Deliveries that failed for good.
+    pub failed: u64,
+    /// Attempts in the last 24 hours (of deliveries created in that time).
+    pub attempts_24h: u64,
+    /// Share of those attempts that succeeded, `None` without attempts.
+    pub success_rate_24h: Option<f64>,
+}
+
+pub(crate) fn endpoint_stats(db: &Database, org: &str, endpoint_id: &str) -> Result<EndpointStats> {
+    db.read(|c| {
+        let row = endpoint_row(c, org, endpoint_id)?;
+        let count = |state: i64| -> Result<u64> {
+            Ok(c.prepare_cached(
+                "SELECT COUNT(*) FROM deliveries INDEXED BY deliveries_by_endpoint_state
+                 WHERE endpoint_row = ?1 AND state = ?2",
+            )?
+            .query_row(params![row, state], |r| r.get(0))?)
+        };
+        let day_ago = now_ms() - 24 * 3600 * 1000;
+        let (attempts, ok): (u64, u64) = c
+            .prepare_cached(
+                "SELECT COUNT(a.row_id), COALESCE(SUM(a.status_code BETWEEN 200 AND 299), 0)
+                 FROM deliveries d INDEXED BY deliveries_by_endpoint
+                 JOIN attempts a ON a.delivery_row = d.row_id
+                 WHERE d.endpoint_row = ?1 AND d.created_at >= ?2 AND a.attempted_at >= ?2",
+            )?
+            .query_row(params![row, day_ago], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(EndpointStats {
+            pending: count(PENDING)?,
+            delivered: count(DELIVERED)?,
+            failed: count(FAILED)?,
+            attempts_24h: attempts,
+            success_rate_24h: (attempts > 0).then(|| ok as f64 / attempts as f64),
+        })
+    })
+}
+
+/// Pending deliveries of the organization, across its endpoints.
+pub(crate) fn org_backlog(db: &Database, org: &str) -> Result<u64> {
+    db.read(|c| {
+        Ok(c.prepare_cached(
+            "SELECT COUNT(*) FROM endpoints e
+             JOIN deliveries d INDEXED BY deliveries_due_by_endpoint
+               ON d.endpoint_row = e.row_id AND d.state = 0
+             WHERE e.org_id = ?1",
+        )?
+        .query_row([org], |r| r.get(0))?)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope(org: &str) -> CursorScope<'_> {
+        CursorScope {
+            org,
+            endpoint_id: "ep_1",
+            state: None,
+            since: i64::MIN,
+            until: i64::MAX,
+        }
+    }
+
+    #[test]
+    fn cursor_roundtrip_and_tamper() {
+        let key = [7u8; 32];
+        let c = encode_cursor(&key, &scope("org"), 1_700_000_000_000, 42);
+        assert_eq!(
+            decode_cursor(&key, &scope("org"), &c).unwrap(),
+            (1_700_000_000_000, 42)
+        );
+        // Another organization, other filters, another key, edited bytes: refused.
+        assert!(decode_cursor(&key, &scope("other"), &c).is_err());
+        let filtered = CursorScope {
+            state: Some(DeliveryState::Failed),
+            ..scope("org")
+        };
+        assert!(decode_cursor(&key, &filtered, &c).is_err());
+        assert!(decode_cursor(&[8u8; 32], &scope("org"), &c).is_err());
+        let mut raw = URL_SAFE_NO_PAD.decode(&c).unwrap();
+        raw[15] ^= 1;
+        assert!(decode_cursor(&key, &scope("org"), &URL_SAFE_NO_PAD.encode(raw)).is_err());
+        for junk in ["", "!!!", "AAAA", &"A".repeat(500)] {
+            assert!(decode_cursor(&key, &scope("org"), junk).is_err());
+        }
+    }
+
+    #[test]
+    fn delivery_ids() {
+        assert_eq!(delivery_row(&delivery_id(17)), Some(17));
+        for bad in ["", "dlv_", "dlv_x", "dlv_-1", "dlv_0", "17"] {
+            assert_eq!(delivery_row(bad), None, "{bad}");
+        }
+    }
 }

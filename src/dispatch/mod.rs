@@ -17,8 +17,12 @@ use crate::event::NewEvent;
 use crate::registry::WebhookRegistry;
 use crate::validate;
 
-pub use history::{Attempt, Delivery, DeliveryState};
+pub use history::{
+    Attempt, Delivery, DeliveryState, EndpointStats, HistoryPage, HistoryQuery, MAX_HISTORY_RANGE,
+    MAX_PAGE_SIZE,
+};
 pub use http::AttemptError;
+pub use queue::PurgeReport;
 pub use retry::RetryPolicy;
 
 use queue::{EmitLimits, Next};
@@ -70,6 +74,58 @@ impl AttemptReport<'_> {
 }
 
 type Observer = Arc<dyn Fn(&AttemptReport<'_>) + Send + Sync>;
+type NoticeHook = Arc<dyn Fn(&Notice) + Send + Sync>;
+
+/// How far back [`Dispatcher::recover`] reaches.
+pub const MAX_RECOVERY_WINDOW: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// An operational notice for the host ([`DispatcherBuilder::on_notice`]):
+/// things an operator or the endpoint's owner should hear about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Notice {
+    /// keyhook disabled an endpoint; its pending deliveries are kept.
+    /// [`WebhookRegistry::enable`] brings it back.
+    EndpointDisabled {
+        /// The organization.
+        org: String,
+        /// The endpoint.
+        endpoint_id: String,
+        /// Why.
+        reason: DisableReason,
+    },
+    /// A delivery used up its retry schedule and is marked failed.
+    DeliveryExhausted {
+        /// The organization.
+        org: String,
+        /// The endpoint.
+        endpoint_id: String,
+        /// The event that was not delivered.
+        event_id: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// An endpoint that was failing succeeded again.
+    EndpointRecovered {
+        /// The organization.
+        org: String,
+        /// The endpoint.
+        endpoint_id: String,
+        /// When its failures began.
+        failing_since: Option<SystemTime>,
+    },
+}
+
+/// Why keyhook disabled an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DisableReason {
+    /// The receiver answered 410 Gone.
+    Gone,
+    /// Every attempt has failed since this time, for longer than the
+    /// auto-disable period.
+    FailingSince(SystemTime),
+}
 
 /// Settings for a [`Dispatcher`]; start with [`Dispatcher::builder`].
 pub struct DispatcherBuilder {
@@ -78,6 +134,7 @@ pub struct DispatcherBuilder {
     config: Config,
     workers: usize,
     observer: Option<Observer>,
+    notices: Option<NoticeHook>,
 }
 
 impl std::fmt::Debug for DispatcherBuilder {
@@ -97,6 +154,9 @@ pub(crate) struct Config {
     pub response_excerpt_limit: usize,
     pub limited_in_flight: u32,
     pub poll_interval: Duration,
+    pub auto_disable_after: Option<Duration>,
+    pub retention: Option<Duration>,
+    pub retention_interval: Duration,
 }
 
 impl DispatcherBuilder {
@@ -153,7 +213,38 @@ impl DispatcherBuilder {
         self
     }
 
-    /// Calls `observer` after every attempt (on the worker thread: keep it quick).
+    /// Disables an endpoint whose deliveries have all failed, with no
+    /// success, for this long (counted from the first failure); its pending
+    /// deliveries are kept. `None` never does. Default: 5 days.
+    pub fn auto_disable_after(mut self, period: Option<Duration>) -> Self {
+        self.config.auto_disable_after = period;
+        self
+    }
+
+    /// Delivered and failed deliveries (with their attempts) and their
+    /// events are purged once older than this, by a background thread of
+    /// the dispatcher; pending deliveries never are. `None` keeps
+    /// everything ([`Dispatcher::purge`] still works). Default: 30 days.
+    pub fn retention(mut self, age: Option<Duration>) -> Self {
+        self.config.retention = age;
+        self
+    }
+
+    /// How often the retention purge runs. Default: every hour.
+    pub fn retention_interval(mut self, interval: Duration) -> Self {
+        self.config.retention_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Calls `hook` with each operational [`Notice`] (endpoint disabled,
+    /// delivery exhausted, endpoint recovered), on a dispatcher thread after
+    /// the change is committed: keep it quick (send it on a channel).
+    pub fn on_notice(mut self, hook: impl Fn(&Notice) + Send + Sync + 'static) -> Self {
+        self.notices = Some(Arc::new(hook));
+        self
+    }
+
+    /// Calls `observer` after every attempt is recorded (on a dispatcher thread: keep it quick).
     pub fn on_attempt(
         mut self,
         observer: impl Fn(&AttemptReport<'_>) + Send + Sync + 'static,
@@ -181,6 +272,7 @@ impl DispatcherBuilder {
             pump: PumpSignal::default(),
             jobs: Jobs::default(),
             observer: self.observer,
+            notices: self.notices,
         });
         let dispatcher = Dispatcher {
             shared: Arc::clone(&shared),
@@ -201,6 +293,14 @@ impl DispatcherBuilder {
             )?
         };
         dispatcher.lock_threads().push(pump);
+        if shared.config.retention.is_some() {
+            let shared = Arc::clone(&shared);
+            let maintenance = spawn(
+                "keyhook-maintenance".into(),
+                Box::new(move || worker::run_maintenance(shared)),
+            )?;
+            dispatcher.lock_threads().push(maintenance);
+        }
         for i in 0..workers {
             let shared = Arc::clone(&shared);
             match spawn(
@@ -227,6 +327,41 @@ pub(crate) struct Shared {
     pub pump: PumpSignal,
     pub jobs: Jobs,
     pub observer: Option<Observer>,
+    pub notices: Option<NoticeHook>,
+}
+
+impl Shared {
+    pub fn health_policy(&self) -> queue::HealthPolicy {
+        queue::HealthPolicy {
+            auto_disable_after_ms: self.config.auto_disable_after.map(duration_ms),
+        }
+    }
+
+    pub fn notify(&self, notices: &[Notice]) {
+        for n in notices {
+            match n {
+                Notice::EndpointDisabled {
+                    endpoint_id,
+                    reason,
+                    ..
+                } => log::warn!("keyhook: endpoint {endpoint_id} disabled: {reason:?}"),
+                Notice::DeliveryExhausted {
+                    endpoint_id,
+                    event_id,
+                    attempts,
+                    ..
+                } => log::warn!(
+                    "keyhook: delivery of {event_id} to {endpoint_id} failed for good after {attempts} attempts"
+                ),
+                Notice::EndpointRecovered { endpoint_id, .. } => {
+                    log::info!("keyhook: endpoint {endpoint_id} recovered")
+                }
+            }
+            if let Some(hook) = &self.notices {
+                hook(n);
+            }
+        }
+    }
 }
 
 /// Stores events durably and delivers them as signed webhooks.
@@ -261,9 +396,13 @@ impl Dispatcher {
                 response_excerpt_limit: 4096,
                 limited_in_flight: 1,
                 poll_interval: Duration::from_secs(1),
+                auto_disable_after: Some(Duration::from_secs(5 * 24 * 3600)),
+                retention: Some(Duration::from_secs(30 * 24 * 3600)),
+                retention_interval: Duration::from_secs(3600),
             },
             workers: 4,
             observer: None,
+            notices: None,
         }
     }
 
@@ -306,21 +445,8 @@ impl Dispatcher {
     ///
     /// As [`emit_event`](Self::emit_event), for the first bad event.
     pub fn emit_batch(&self, org: &str, events: Vec<NewEvent>) -> Result<Vec<String>> {
-        validate::org(org)?;
-        for e in &events {
-            if let Some(k) = &e.idempotency_key
-                && (k.is_empty() || k.len() > 255 || k.chars().any(char::is_control))
-            {
-                return Err(Error::invalid(
-                    "idempotency_key",
-                    "must be 1 to 255 bytes without control characters",
-                ));
-            }
-        }
-        let limits = EmitLimits {
-            max_body: self.shared.config.max_body,
-            first_delay_ms: duration_ms(self.shared.config.retry.first_delay()),
-        };
+        self.check_events(org, &events)?;
+        let limits = self.emit_limits();
         let emitted = self
             .shared
             .db
@@ -331,14 +457,75 @@ impl Dispatcher {
         Ok(emitted.into_iter().map(|e| e.id).collect())
     }
 
-    /// The delivery history of an endpoint, newest first (at most `limit`),
-    /// each delivery with its attempts.
+    /// Emits events inside the host's own transaction on the same SQLite
+    /// file (the outbox pattern): they exist if and only if `tx` commits.
+    /// Call [`wake`](Self::wake) after the commit so workers start at once
+    /// (otherwise they notice within the poll interval).
+    ///
+    /// `tx` must be on a connection to the file this dispatcher uses, opened
+    /// with this crate's re-exported [`rusqlite`](crate::rusqlite).
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`] if the organization has no such endpoint.
+    /// As [`emit_batch`](Self::emit_batch); on error, nothing of it is in
+    /// `tx` (a savepoint is rolled back) and the host may still commit.
+    pub fn emit_in(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        org: &str,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<String>> {
+        self.check_events(org, &events)?;
+        let limits = self.emit_limits();
+        tx.execute_batch("SAVEPOINT keyhook_emit")?;
+        match queue::insert_events(tx, org, &events, &limits) {
+            Ok(emitted) => {
+                tx.execute_batch("RELEASE keyhook_emit")?;
+                Ok(emitted.into_iter().map(|e| e.id).collect())
+            }
+            Err(e) => {
+                tx.execute_batch("ROLLBACK TO keyhook_emit; RELEASE keyhook_emit")?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Tells the workers that new work was committed outside
+    /// [`emit`](Self::emit) (after [`emit_in`](Self::emit_in)'s transaction).
+    pub fn wake(&self) {
+        self.shared.pump.emitted();
+    }
+
+    /// A page of an endpoint's delivery history, newest first, each
+    /// delivery with its attempts. Follow `next_cursor` for older pages.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] if the organization has no such endpoint;
+    /// [`Error::InvalidInput`] for a cursor that was altered or belongs to
+    /// other filters (`cursor`), a reversed range (`since`), a range over
+    /// [`MAX_HISTORY_RANGE`] (`until`), or a bad page size (`limit`).
+    pub fn history(
+        &self,
+        org: &str,
+        endpoint_id: &str,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage> {
+        history::endpoint_history(&self.shared.db, org, endpoint_id, query)
+    }
+
+    /// The newest `limit` deliveries of an endpoint (at most
+    /// [`MAX_PAGE_SIZE`]); [`history`](Self::history) pages and filters.
+    ///
+    /// # Errors
+    ///
+    /// As [`history`](Self::history).
     pub fn deliveries(&self, org: &str, endpoint_id: &str, limit: usize) -> Result<Vec<Delivery>> {
-        history::endpoint_deliveries(&self.shared.db, org, endpoint_id, limit)
+        let query = HistoryQuery {
+            limit: limit.clamp(1, MAX_PAGE_SIZE),
+            ..HistoryQuery::default()
+        };
+        Ok(self.history(org, endpoint_id, &query)?.deliveries)
     }
 
     /// The deliveries of one event, each with its attempts.
@@ -348,6 +535,137 @@ impl Dispatcher {
     /// [`Error::NotFound`] if the organization has no such event.
     pub fn event_deliveries(&self, org: &str, event_id: &str) -> Result<Vec<Delivery>> {
         history::event_deliveries(&self.shared.db, org, event_id)
+    }
+
+    /// One delivery with its attempts.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] if the organization has no such delivery.
+    pub fn delivery(&self, org: &str, delivery_id: &str) -> Result<Delivery> {
+        self.shared
+            .db
+            .read(|c| history::delivery(c, org, delivery_id))
+    }
+
+    /// Sends one delivery again now, on the calling thread (a manual
+    /// attempt, outside the retry schedule, recorded as manual), whatever
+    /// its state. Success marks it delivered; failure leaves its schedule
+    /// as it was. Returns the attempt.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] if the organization has no such delivery.
+    pub fn redeliver(&self, org: &str, delivery_id: &str) -> Result<Attempt> {
+        let row = history::delivery_row(delivery_id)
+            .ok_or_else(|| Error::not_found("delivery", delivery_id))?;
+        let claimed = self
+            .shared
+            .db
+            .read(|c| queue::load_manual(c, org, row))?
+            .ok_or_else(|| Error::not_found("delivery", delivery_id))?;
+        let response = worker::deliver(&self.shared, &claimed);
+        let next = if response.is_success() {
+            Next::Delivered
+        } else if response.is_gone() {
+            Next::Gone
+        } else {
+            Next::Failed
+        };
+        let completion = queue::Completion {
+            claimed,
+            response,
+            next,
+            manual: true,
+        };
+        let recorded =
+            queue::record_manual(&self.shared.db, &completion, &self.shared.health_policy())?;
+        self.shared.notify(&recorded.notices);
+        let attempts = self.shared.db.read(|c| history::attempts(c, row))?;
+        attempts
+            .into_iter()
+            .rev()
+            .find(|a| a.manual)
+            .ok_or_else(|| Error::not_found("delivery", delivery_id))
+    }
+
+    /// Recovers what an endpoint missed: every failed delivery to it
+    /// created since `since` (at most [`MAX_RECOVERY_WINDOW`] back) is queued
+    /// again, due now, with a fresh retry schedule. Returns how many.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] (`since`) if `since` is in the future or more
+    /// than 14 days back; [`Error::NotFound`].
+    pub fn recover(&self, org: &str, endpoint_id: &str, since: SystemTime) -> Result<usize> {
+        let now = SystemTime::now();
+        if since > now {
+            return Err(Error::invalid("since", "must not be in the future"));
+        }
+        if now.duration_since(since).unwrap_or_default() > MAX_RECOVERY_WINDOW {
+            return Err(Error::invalid("since", "may be at most 14 days back"));
+        }
+        let row = self
+            .shared
+            .db
+            .read(|c| history::endpoint_row(c, org, endpoint_id))?;
+        let n = queue::recover(&self.shared.db, row, crate::db::to_ms(since))?;
+        if n > 0 {
+            self.wake();
+        }
+        Ok(n)
+    }
+
+    /// Purges delivered and failed deliveries (with their attempts) and
+    /// their events created more than `older_than` ago, in small
+    /// transactions so emits never wait long. Pending deliveries stay.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`]; what was purged before the error stays purged.
+    pub fn purge(&self, older_than: Duration) -> Result<PurgeReport> {
+        let cutoff = crate::db::now_ms() - duration_ms(older_than);
+        queue::purge(&self.shared.db, cutoff, &|| false)
+    }
+
+    /// Counts by state and the success rate of the last 24 hours, for a dashboard.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`].
+    pub fn endpoint_stats(&self, org: &str, endpoint_id: &str) -> Result<EndpointStats> {
+        history::endpoint_stats(&self.shared.db, org, endpoint_id)
+    }
+
+    /// Pending deliveries of the organization, across its endpoints.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`].
+    pub fn backlog(&self, org: &str) -> Result<u64> {
+        history::org_backlog(&self.shared.db, org)
+    }
+
+    fn check_events(&self, org: &str, events: &[NewEvent]) -> Result<()> {
+        validate::org(org)?;
+        for e in events {
+            if let Some(k) = &e.idempotency_key
+                && (k.is_empty() || k.len() > 255 || k.chars().any(char::is_control))
+            {
+                return Err(Error::invalid(
+                    "idempotency_key",
+                    "must be 1 to 255 bytes without control characters",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn emit_limits(&self) -> EmitLimits {
+        EmitLimits {
+            max_body: self.shared.config.max_body,
+            first_delay_ms: duration_ms(self.shared.config.retry.first_delay()),
+        }
     }
 
     /// Stops claiming work, lets attempts in flight finish within `timeout`,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use crate::db::{Database, now_ms};
+use crate::db::{Database, from_ms, now_ms};
 use crate::error::{Error, Result};
 use crate::event::{NewEvent, envelope};
 use crate::id::new_id;
@@ -15,6 +15,7 @@ use crate::registry::{active_secrets, headers_from_json};
 use crate::signing::Signer;
 
 use super::http::Response;
+use super::{DisableReason, Notice};
 
 pub(crate) const PENDING: i64 = 0;
 pub(crate) const DELIVERED: i64 = 1;
@@ -163,16 +164,32 @@ pub(crate) fn step(
     db: &Database,
     done: &[Completion],
     limits: &ClaimLimits,
-) -> Result<(Vec<bool>, Vec<Claimed>)> {
+    policy: &HealthPolicy,
+) -> Result<(Vec<Recorded>, Vec<Claimed>)> {
     db.write(|tx| {
         let now = now_ms();
-        let applied = done
+        let recorded = done
             .iter()
-            .map(|c| complete_one(tx, c, now))
+            .map(|c| complete_one(tx, c, now, policy))
             .collect::<Result<Vec<_>>>()?;
         let claimed = claim_batch(tx, limits)?;
-        Ok((applied, claimed))
+        Ok((recorded, claimed))
     })
+}
+
+/// When an endpoint is disabled for failing.
+pub(crate) struct HealthPolicy {
+    /// Disable an endpoint whose deliveries have failed, with no success,
+    /// for this long; `None` never does.
+    pub auto_disable_after_ms: Option<i64>,
+}
+
+/// What recording one finished attempt did.
+pub(crate) struct Recorded {
+    /// False if the lease was lost meanwhile: the attempt is in the history
+    /// but the delivery row was left alone.
+    pub applied: bool,
+    pub notices: Vec<Notice>,
 }
 
 /// How many due deliveries the fast claim query looks at per delivery wanted.
@@ -383,16 +400,23 @@ pub(crate) struct Completion {
     pub manual: bool,
 }
 
-fn complete_one(tx: &Transaction<'_>, c: &Completion, now: i64) -> Result<bool> {
-    let (claimed, response) = (&c.claimed, &c.response);
+fn complete_one(
+    tx: &Transaction<'_>,
+    c: &Completion,
+    now: i64,
+    policy: &HealthPolicy,
+) -> Result<Recorded> {
+    let (claimed, response, target) = (&c.claimed, &c.response, &c.claimed.target);
+    let mut notices = Vec::new();
     if c.next == Next::NotSent {
-        return Ok(tx
+        let applied = tx
             .prepare_cached(
                 "UPDATE deliveries SET leased = 0, next_attempt_at = ?3, attempts = attempts - 1
                  WHERE row_id = ?1 AND attempts = ?2 AND state = 0",
             )?
             .execute(params![claimed.delivery_row, claimed.attempt, now])?
-            > 0);
+            > 0;
+        return Ok(Recorded { applied, notices });
     }
     let (state, next_at) = match c.next {
         Next::Delivered => (DELIVERED, None),
@@ -402,12 +426,15 @@ fn complete_one(tx: &Transaction<'_>, c: &Completion, now: i64) -> Result<bool> 
     };
     let applied = if c.manual {
         // A manual attempt leaves the schedule alone unless it succeeded.
-        tx.prepare_cached(
-            "UPDATE deliveries SET state = 1, next_attempt_at = NULL, leased = 0, updated_at = ?2
-             WHERE row_id = ?1 AND ?3 = 1 AND state <> 1",
-        )?
-        .execute(params![claimed.delivery_row, now, state])?
-            > 0
+        state == DELIVERED
+            && tx
+                .prepare_cached(
+                    "UPDATE deliveries SET state = 1, next_attempt_at = NULL, leased = 0,
+                         updated_at = ?2
+                     WHERE row_id = ?1 AND state <> 1",
+                )?
+                .execute(params![claimed.delivery_row, now])?
+                > 0
     } else {
         tx.prepare_cached(
             "UPDATE deliveries SET state = ?3, next_attempt_at = ?4, leased = 0, updated_at = ?5
@@ -438,6 +465,22 @@ fn complete_one(tx: &Transaction<'_>, c: &Completion, now: i64) -> Result<bool> 
         c.manual
     ])?;
     if response.is_success() {
+        if claimed.limited {
+            // It was failing when claimed: tell the host if this ends that.
+            let failing_since: Option<Option<i64>> = tx
+                .prepare_cached(
+                    "SELECT failing_since FROM endpoints WHERE row_id = ?1 AND consecutive_failures > 0",
+                )?
+                .query_row([claimed.endpoint_row], |r| r.get(0))
+                .optional()?;
+            if let Some(since) = failing_since {
+                notices.push(Notice::EndpointRecovered {
+                    org: target.org.clone(),
+                    endpoint_id: target.endpoint_id.clone(),
+                    failing_since: since.map(from_ms),
+                });
+            }
+        }
         // Written only when something changes, or once a second.
         tx.prepare_cached(
             "UPDATE endpoints SET consecutive_failures = 0, failing_since = NULL,
@@ -453,19 +496,171 @@ fn complete_one(tx: &Transaction<'_>, c: &Completion, now: i64) -> Result<bool> 
              WHERE row_id = ?1",
         )?
         .execute(params![claimed.endpoint_row, started])?;
+        if let Some(after) = policy.auto_disable_after_ms {
+            let since: Option<i64> = tx
+                .prepare_cached(
+                    "UPDATE endpoints SET enabled = 0, disabled_at = ?2, updated_at = ?2,
+                         disabled_reason = 'deliveries failed continuously'
+                     WHERE row_id = ?1 AND enabled = 1 AND failing_since <= ?3
+                     RETURNING failing_since",
+                )?
+                .query_row(params![claimed.endpoint_row, now, now - after], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            if let Some(since) = since {
+                notices.push(Notice::EndpointDisabled {
+                    org: target.org.clone(),
+                    endpoint_id: target.endpoint_id.clone(),
+                    reason: DisableReason::FailingSince(from_ms(since)),
+                });
+            }
+        }
     }
     if c.next == Next::Gone {
-        tx.prepare_cached(
-            "UPDATE endpoints SET enabled = 0, disabled_reason = ?2, updated_at = ?3
-             WHERE row_id = ?1",
-        )?
-        .execute(params![
-            claimed.endpoint_row,
-            "the receiver answered 410 Gone",
-            now
-        ])?;
+        let changed = tx
+            .prepare_cached(
+                "UPDATE endpoints SET enabled = 0, disabled_at = ?2, updated_at = ?2,
+                     disabled_reason = 'the receiver answered 410 Gone'
+                 WHERE row_id = ?1 AND enabled = 1",
+            )?
+            .execute(params![claimed.endpoint_row, now])?;
+        if changed > 0 {
+            notices.push(Notice::EndpointDisabled {
+                org: target.org.clone(),
+                endpoint_id: target.endpoint_id.clone(),
+                reason: DisableReason::Gone,
+            });
+        }
     }
-    Ok(applied)
+    if applied && c.next == Next::Failed {
+        notices.push(Notice::DeliveryExhausted {
+            org: target.org.clone(),
+            endpoint_id: target.endpoint_id.clone(),
+            event_id: claimed.event_id.clone(),
+            attempts: claimed.attempt,
+        });
+    }
+    Ok(Recorded { applied, notices })
+}
+
+/// Loads a delivery of `org` for a manual attempt, without leasing it.
+pub(crate) fn load_manual(
+    conn: &Connection,
+    org: &str,
+    delivery_row: i64,
+) -> Result<Option<Claimed>> {
+    let row = conn
+        .prepare_cached(
+            "SELECT event_row, endpoint_row, attempts FROM deliveries
+             WHERE row_id = ?1 AND org_id = ?2",
+        )?
+        .query_row(params![delivery_row, org], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, u32>(2)?,
+            ))
+        })
+        .optional()?;
+    let Some((event_row, endpoint_row, attempts)) = row else {
+        return Ok(None);
+    };
+    let now = now_ms();
+    let target = Arc::new(load_endpoint(conn, endpoint_row, now)?);
+    let (event_id, body) = conn
+        .prepare_cached("SELECT id, body FROM events WHERE row_id = ?1")?
+        .query_row([event_row], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(Some(Claimed {
+        delivery_row,
+        attempt: attempts,
+        endpoint_row,
+        event_id,
+        body,
+        limited: target.limited,
+        target,
+        lease_until: i64::MAX,
+    }))
+}
+
+/// Records a manual attempt on its own.
+pub(crate) fn record_manual(
+    db: &Database,
+    c: &Completion,
+    policy: &HealthPolicy,
+) -> Result<Recorded> {
+    db.write(|tx| complete_one(tx, c, now_ms(), policy))
+}
+
+/// Puts an endpoint's failed deliveries created since `since` back in the
+/// queue, due now, with a fresh schedule. Returns how many.
+pub(crate) fn recover(db: &Database, endpoint_row: i64, since: i64) -> Result<usize> {
+    let now = now_ms();
+    db.write(|tx| {
+        Ok(tx
+            .prepare_cached(
+                "UPDATE deliveries SET state = 0, attempts = 0, next_attempt_at = ?3, leased = 0,
+                     updated_at = ?3
+                 WHERE endpoint_row = ?1 AND state = 2 AND created_at >= ?2",
+            )?
+            .execute(params![endpoint_row, since, now])?)
+    })
+}
+
+/// What one purge removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeReport {
+    /// Events removed (they had no pending delivery left).
+    pub events: u64,
+    /// Delivered and failed deliveries removed, with their attempts.
+    pub deliveries: u64,
+}
+
+/// Events handled per purge transaction: small, so emit never waits long.
+const PURGE_BATCH: i64 = 200;
+
+/// Removes finished deliveries (and their attempts) of events created
+/// before `cutoff`, and those events once nothing is pending for them, in
+/// small transactions. Pending deliveries are never removed.
+pub(crate) fn purge(db: &Database, cutoff: i64, stop: &dyn Fn() -> bool) -> Result<PurgeReport> {
+    let mut report = PurgeReport::default();
+    let mut after = (i64::MIN, i64::MIN);
+    loop {
+        if stop() {
+            return Ok(report);
+        }
+        let (events, deliveries, last) = db.write(|tx| {
+            let batch: Vec<(i64, i64)> = tx
+                .prepare_cached(
+                    "SELECT created_at, row_id FROM events
+                     WHERE created_at < ?1 AND (created_at, row_id) > (?2, ?3)
+                     ORDER BY created_at, row_id LIMIT ?4",
+                )?
+                .query_map(params![cutoff, after.0, after.1, PURGE_BATCH], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let (mut events, mut deliveries) = (0u64, 0u64);
+            for (_, row) in &batch {
+                deliveries += tx
+                    .prepare_cached("DELETE FROM deliveries WHERE event_row = ?1 AND state <> 0")?
+                    .execute([row])? as u64;
+                events += tx
+                    .prepare_cached(
+                        "DELETE FROM events WHERE row_id = ?1
+                           AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_row = ?1)",
+                    )?
+                    .execute([row])? as u64;
+            }
+            Ok((events, deliveries, batch.last().copied()))
+        })?;
+        report.events += events;
+        report.deliveries += deliveries;
+        match last {
+            Some(pos) => after = pos,
+            None => return Ok(report),
+        }
+    }
 }
 
 /// When the earliest pending delivery is due (leases included), if any.

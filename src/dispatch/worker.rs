@@ -32,32 +32,43 @@ pub(crate) struct PumpSignal {
 }
 
 #[derive(Default)]
-struct PumpState {
+pub(crate) struct PumpState {
     /// Bumped by every emit in this process.
     generation: u64,
     done: Vec<Completion>,
-    stopping: bool,
+    pub(crate) stopping: bool,
 }
 
 impl PumpSignal {
-    fn lock(&self) -> MutexGuard<'_, PumpState> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, PumpState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// New work was committed in this process.
     pub fn emitted(&self) {
         self.lock().generation += 1;
-        self.cond.notify_one();
+        // notify_all: the maintenance thread waits on this condvar too.
+        self.cond.notify_all();
     }
 
     pub fn stop(&self) {
         self.lock().stopping = true;
-        self.cond.notify_one();
+        self.cond.notify_all();
+    }
+
+    /// Sleeps up to `timeout`; true if stop was asked.
+    fn wait_for_stop(&self, timeout: Duration) -> bool {
+        let st = self.lock();
+        let (st, _) = self
+            .cond
+            .wait_timeout_while(st, timeout, |s| !s.stopping)
+            .unwrap_or_else(|e| e.into_inner());
+        st.stopping
     }
 
     fn finished(&self, c: Completion) {
         self.lock().done.push(c);
-        self.cond.notify_one();
+        self.cond.notify_all();
     }
 }
 
@@ -142,6 +153,7 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
     // emit, a finished attempt or a timer says otherwise.
     let mut maybe_more = true;
     let mut last_generation = u64::MAX;
+    let policy = shared.health_policy();
     loop {
         let (done, stopping, generation) = {
             let mut st = shared.pump.lock();
@@ -197,13 +209,14 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             }
             continue;
         }
-        match queue::step(&shared.db, &done, &limits) {
-            Ok((applied, claimed)) => {
+        match queue::step(&shared.db, &done, &limits, &policy) {
+            Ok((recorded, claimed)) => {
                 backoff = Duration::from_millis(10);
-                for (c, applied) in done.iter().zip(applied) {
+                for (c, recorded) in done.iter().zip(recorded) {
                     in_flight -= 1;
                     limited_in_flight -= usize::from(c.claimed.limited);
-                    report(&shared, c, applied);
+                    report(&shared, c, recorded.applied);
+                    shared.notify(&recorded.notices);
                 }
                 let got = claimed.len();
                 if got < limits.max {
@@ -348,17 +361,8 @@ fn report(shared: &Shared, c: &Completion, applied: bool) {
             response.status.map(|s| format!(" {s}")).unwrap_or_default(),
             at - now_ms()
         ),
-        Next::Failed => log::warn!(
-            "keyhook: delivery of {} to {} ({target}) failed for good after {} attempts",
-            claimed.event_id,
-            endpoint.endpoint_id,
-            claimed.attempt
-        ),
-        Next::NotSent => {}
-        Next::Gone => log::warn!(
-            "keyhook: endpoint {} ({target}) answered 410 Gone; disabled",
-            endpoint.endpoint_id
-        ),
+        // Reported as notices.
+        Next::Failed | Next::Gone | Next::NotSent => {}
     }
     if let Some(observer) = &shared.observer {
         observer(&AttemptReport {
@@ -370,5 +374,29 @@ fn report(shared: &Shared, c: &Completion, applied: bool) {
             error: response.error,
             outcome: c.next,
         });
+    }
+}
+
+/// Runs the retention purge every `retention_interval` until stopped.
+pub(crate) fn run_maintenance(shared: Arc<Shared>) {
+    let Some(age) = shared.config.retention else {
+        return;
+    };
+    loop {
+        // Sleep first: a dispatcher that starts must not begin with a purge.
+        if shared.pump.wait_for_stop(shared.config.retention_interval) {
+            return;
+        }
+        let cutoff = now_ms() - duration_ms(age);
+        let stopping = || shared.pump.lock().stopping;
+        match queue::purge(&shared.db, cutoff, &stopping) {
+            Ok(r) if r.deliveries > 0 || r.events > 0 => log::info!(
+                "keyhook: retention purged {} deliveries and {} events",
+                r.deliveries,
+                r.events
+            ),
+            Ok(_) => {}
+            Err(e) => log::error!("keyhook: retention purge failed: {e}"),
+        }
     }
 }
