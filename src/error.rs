@@ -26,6 +26,20 @@ pub enum Rejection {
     PlanInactive,
 }
 
+impl Rejection {
+    /// A stable machine-readable code for API error bodies:
+    /// `malformed`, `unknown`, `revoked`, `expired`, `plan_inactive`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Malformed => "malformed",
+            Rejection::Unknown => "unknown",
+            Rejection::Revoked => "revoked",
+            Rejection::Expired => "expired",
+            Rejection::PlanInactive => "plan_inactive",
+        }
+    }
+}
+
 impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

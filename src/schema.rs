@@ -27,9 +27,14 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         expires_at   INTEGER,
         last_used_at INTEGER,
         revoke_at    INTEGER,
-        revoked_at   INTEGER
+        revoked_at   INTEGER,
+        -- A copy of organizations.api_keys_enabled, kept in step by
+        -- set_api_keys_enabled, so verify reads one row.
+        org_enabled  INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX api_keys_by_org ON api_keys (org_id, created_at);
+    -- Covers the live-key count of create.
+    CREATE INDEX api_keys_live_by_org ON api_keys (org_id, revoked_at, revoke_at, expires_at);
 
     -- Revocation is permanent, whatever code runs against this file.
     CREATE TRIGGER api_keys_revocation_is_permanent

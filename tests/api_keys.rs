@@ -844,7 +844,6 @@ fn random_strings_never_verify() {
 // called again on a key that is still in its grace period, so rolling one key
 // repeatedly yields any number of permanent live keys.
 #[test]
-#[ignore = "bug in ApiKeyStore::roll: repeated rolls of an in-grace key bypass max_live_keys"]
 fn rolling_one_key_repeatedly_stays_within_the_live_key_limit() {
     let t = TempDb::new();
     let store = ApiKeyStore::builder(&t.db)
@@ -872,7 +871,6 @@ fn rolling_one_key_repeatedly_stays_within_the_live_key_limit() {
 // Known bug: `update` accepts an expired key and a new expiry, bringing the
 // key back to life without checking the live-key limit (`roll` refuses expired keys).
 #[test]
-#[ignore = "bug in ApiKeyStore::update: reviving an expired key bypasses max_live_keys"]
 fn reviving_an_expired_key_respects_the_live_key_limit() {
     let t = TempDb::new();
     let store = ApiKeyStore::builder(&t.db)

@@ -304,6 +304,10 @@ impl ApiKeyStore {
                  ON CONFLICT (id) DO UPDATE SET api_keys_enabled = excluded.api_keys_enabled",
                 params![org, enabled],
             )?;
+            tx.execute(
+                "UPDATE api_keys SET org_enabled = ?2 WHERE org_id = ?1 AND org_enabled <> ?2",
+                params![org, enabled],
+            )?;
             Ok(())
         })
     }
@@ -353,21 +357,28 @@ impl ApiKeyStore {
             if !enabled {
                 return Err(Error::PlanNotEnabled { org: org.into() });
             }
-            let live: u32 = tx.query_row(
-                "SELECT COUNT(*) FROM api_keys WHERE org_id = ?1 AND revoked_at IS NULL
-                   AND (revoke_at IS NULL OR revoke_at > ?2)
-                   AND (expires_at IS NULL OR expires_at > ?2)",
-                params![org, now],
-                |r| r.get(0),
-            )?;
-            if live >= self.config.max_live_keys {
-                return Err(Error::LimitReached {
-                    what: "live API keys",
-                    limit: self.config.max_live_keys,
-                });
-            }
+            self.require_room(tx, org, now)?;
             self.insert_key(tx, org, &name, &env, &settings, now)
         })
+    }
+
+    /// Fails with [`Error::LimitReached`] if the organization is at its live-key limit.
+    fn require_room(&self, tx: &rusqlite::Transaction<'_>, org: &str, now: i64) -> Result<()> {
+        let live: u32 = tx
+            .prepare_cached(
+                "SELECT COUNT(*) FROM api_keys INDEXED BY api_keys_live_by_org
+                 WHERE org_id = ?1 AND revoked_at IS NULL
+                   AND (revoke_at IS NULL OR revoke_at > ?2)
+                   AND (expires_at IS NULL OR expires_at > ?2)",
+            )?
+            .query_row(params![org, now], |r| r.get(0))?;
+        if live >= self.config.max_live_keys {
+            return Err(Error::LimitReached {
+                what: "live API keys",
+                limit: self.config.max_live_keys,
+            });
+        }
+        Ok(())
     }
 
     fn insert_key(
@@ -384,8 +395,8 @@ impl ApiKeyStore {
         let hint = format::hint(&self.config.prefix, env, &id);
         tx.execute(
             "INSERT INTO api_keys (id, org_id, name, description, environment, hint, hash,
-                 hash_kind, scopes, created_at, updated_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11)",
+                 hash_kind, scopes, created_at, updated_at, expires_at, org_enabled)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, 1)",
             params![
                 id,
                 org,
@@ -472,6 +483,10 @@ impl ApiKeyStore {
                     "a key's environment is fixed when it is created",
                 ));
             }
+            // A new expiry can bring an expired key back: it counts again.
+            if current.state == KeyState::Expired {
+                self.require_room(tx, org, now)?;
+            }
             tx.execute(
                 "UPDATE api_keys SET expires_at = ?3, scopes = ?4, description = ?5, updated_at = ?6
                  WHERE org_id = ?1 AND id = ?2",
@@ -527,6 +542,15 @@ impl ApiKeyStore {
                     state: "expired",
                 });
             }
+            // Rolling it again would mint keys past the live-key limit:
+            // roll the replacement instead.
+            if old.revoked_at.is_some() {
+                return Err(Error::InvalidState {
+                    kind: "api key",
+                    id: id.into(),
+                    state: "already rolled (its grace period is running)",
+                });
+            }
             let mut revoke_at = now.saturating_add(duration_ms(grace));
             if let Some(exp) = old.expires_at.map(to_ms) {
                 revoke_at = revoke_at.min(exp);
@@ -576,10 +600,9 @@ impl ApiKeyStore {
         let conn = self.db.conn()?;
         let row = conn
             .prepare_cached(
-                "SELECT k.org_id, k.hash, k.hash_kind, k.scopes, k.environment, k.expires_at,
-                        k.revoke_at, k.revoked_at, k.last_used_at, o.api_keys_enabled
-                 FROM api_keys k LEFT JOIN organizations o ON o.id = k.org_id
-                 WHERE k.id = ?1",
+                "SELECT org_id, hash, hash_kind, scopes, environment, expires_at, revoke_at,
+                        revoked_at, last_used_at, org_enabled
+                 FROM api_keys WHERE id = ?1",
             )?
             .query_row([parsed.id], |r| {
                 Ok(VerifyRow {
@@ -592,7 +615,7 @@ impl ApiKeyStore {
                     revoke_at: r.get(6)?,
                     revoked_at: r.get(7)?,
                     last_used_at: r.get(8)?,
-                    plan: r.get::<_, Option<bool>>(9)?.unwrap_or(false),
+                    plan: r.get(9)?,
                 })
             })
             .optional()?
