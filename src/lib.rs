@@ -124,6 +124,11 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+// README.md's example runs as a doctest, so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod api_keys;
 mod db;
 pub mod destination;
