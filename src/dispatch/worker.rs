@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 
@@ -24,6 +24,10 @@ use super::{AttemptReport, Shared};
 /// serves several deliveries.
 const PREFETCH_PER_WORKER: usize = 8;
 
+/// The longest a finished attempt waits to be recorded while workers are
+/// busy, so that one commit records many.
+const RECORD_DELAY: Duration = Duration::from_millis(2);
+
 /// What the pump waits on: emits, finished attempts, stop.
 #[derive(Default)]
 pub(crate) struct PumpSignal {
@@ -36,6 +40,8 @@ pub(crate) struct PumpState {
     /// Bumped by every emit in this process.
     generation: u64,
     done: Vec<Completion>,
+    /// When the oldest entry of `done` arrived.
+    first_done_at: Option<Instant>,
     pub(crate) stopping: bool,
 }
 
@@ -67,7 +73,10 @@ impl PumpSignal {
     }
 
     fn finished(&self, c: Completion) {
-        self.lock().done.push(c);
+        let mut st = self.lock();
+        st.first_done_at.get_or_insert_with(Instant::now);
+        st.done.push(c);
+        drop(st);
         self.cond.notify_all();
     }
 }
@@ -157,6 +166,26 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
     loop {
         let (done, stopping, generation) = {
             let mut st = shared.pump.lock();
+            let waiting = st.done.len();
+            let busy = in_flight - waiting;
+            // Record now if the queue needs refilling (half empty, or a
+            // worker idle), if all work is done, or if the oldest finished
+            // attempt waited long enough; otherwise let more finish first.
+            let refill = capacity - busy >= capacity / 2 || busy < workers;
+            let due = st
+                .first_done_at
+                .is_some_and(|t| t.elapsed() >= RECORD_DELAY);
+            if waiting > 0 && !st.stopping && !refill && !due && waiting < capacity / 2 {
+                let deadline = st
+                    .first_done_at
+                    .map_or(RECORD_DELAY, |t| RECORD_DELAY.saturating_sub(t.elapsed()));
+                let _ = shared
+                    .pump
+                    .cond
+                    .wait_timeout_while(st, deadline, |s| s.done.len() == waiting && !s.stopping);
+                continue;
+            }
+            st.first_done_at = None;
             (std::mem::take(&mut st.done), st.stopping, st.generation)
         };
         // A finished attempt can free a slot at a limited endpoint or prove a
@@ -180,8 +209,9 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
         }
         let free = capacity - in_flight;
         let limits = ClaimLimits {
-            // Refill in chunks of at least one per worker, so a commit serves several.
-            max: if stopping || !maybe_more || !(free >= workers || in_flight < workers) {
+            // Refill in chunks (half the queue, or when a worker is idle), so
+            // a commit serves several deliveries.
+            max: if stopping || !maybe_more || !(free >= capacity / 2 || in_flight < workers) {
                 0
             } else {
                 free
