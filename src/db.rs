@@ -11,6 +11,7 @@
 //! inside its single connection, so there operations take turns on it.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -114,6 +115,8 @@ struct Inner {
     /// a mutex instead of polling SQLite's lock in the busy handler's sleeps.
     /// Other processes still meet the busy timeout.
     write_lock: Mutex<()>,
+    /// Writers waiting for `write_lock`; background work yields to them.
+    waiting_writers: AtomicUsize,
     /// Signalled when a connection is returned; only waited on for in-memory
     /// databases, whose single connection cannot be duplicated.
     returned: Condvar,
@@ -171,6 +174,7 @@ impl Database {
                 settings,
                 idle: Mutex::new(Vec::new()),
                 write_lock: Mutex::new(()),
+                waiting_writers: AtomicUsize::new(0),
                 returned: Condvar::new(),
             }),
         };
@@ -214,11 +218,37 @@ impl Database {
     /// returns `Ok`; an `Err` rolls everything back.
     pub(crate) fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
         let mut conn = self.conn()?;
-        let _serialized = self
-            .inner
-            .write_lock
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        self.inner.waiting_writers.fetch_add(1, Ordering::SeqCst);
+        let serialized = self.inner.write_lock.lock();
+        self.inner.waiting_writers.fetch_sub(1, Ordering::SeqCst);
+        let _serialized = serialized.unwrap_or_else(|e| e.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    /// Like [`write`](Self::write), for background work (retention): waits
+    /// until no other writer of this process is waiting, so a long series
+    /// of these never delays an emit by more than one transaction.
+    pub(crate) fn write_background<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.conn()?;
+        let _serialized = loop {
+            while self.inner.waiting_writers.load(Ordering::SeqCst) > 0 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let guard = self
+                .inner
+                .write_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if self.inner.waiting_writers.load(Ordering::SeqCst) == 0 {
+                break guard;
+            }
+        };
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let value = f(&tx)?;
         tx.commit()?;

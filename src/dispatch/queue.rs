@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
@@ -617,7 +618,7 @@ pub struct PurgeReport {
 }
 
 /// Events handled per purge transaction: small, so emit never waits long.
-const PURGE_BATCH: i64 = 200;
+const PURGE_BATCH: i64 = 25;
 
 /// Removes finished deliveries (and their attempts) of events created
 /// before `cutoff`, and those events once nothing is pending for them, in
@@ -629,7 +630,8 @@ pub(crate) fn purge(db: &Database, cutoff: i64, stop: &dyn Fn() -> bool) -> Resu
         if stop() {
             return Ok(report);
         }
-        let (events, deliveries, last) = db.write(|tx| {
+        let batch_started = Instant::now();
+        let (events, deliveries, last) = db.write_background(|tx| {
             let batch: Vec<(i64, i64)> = tx
                 .prepare_cached(
                     "SELECT created_at, row_id FROM events
@@ -656,6 +658,10 @@ pub(crate) fn purge(db: &Database, cutoff: i64, stop: &dyn Fn() -> bool) -> Resu
         })?;
         report.events += events;
         report.deliveries += deliveries;
+        // Leave room for other processes' writers too (they do not see
+        // this process's priority): purging takes at most about half of the
+        // write capacity.
+        std::thread::sleep(batch_started.elapsed().min(Duration::from_millis(5)));
         match last {
             Some(pos) => after = pos,
             None => return Ok(report),
