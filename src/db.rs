@@ -100,8 +100,26 @@ impl DatabaseBuilder {
 
 /// A handle on keyhook's SQLite database, shared by every keyhook type.
 ///
-/// Cheap to clone (an `Arc`), `Send` and `Sync`. See the [module docs](self)
-/// for how connections are handed to threads.
+/// Cheap to clone (an `Arc`), `Send` and `Sync`.
+///
+/// # How threads get connections
+///
+/// A rusqlite `Connection` is `Send` but not `Sync`, so `Database` keeps a
+/// small pool of idle connections behind a mutex. Each operation checks one
+/// out, uses it on the calling thread, and puts it back; a thread never
+/// shares a connection with another. On a file the pool grows on demand
+/// (SQLite in WAL mode lets readers run beside one writer), keeping at most
+/// [`DatabaseBuilder::max_idle_connections`] idle. Write transactions of one
+/// process queue on a mutex (no polling in SQLite's busy handler); other
+/// processes on the same file meet the busy timeout. An in-memory database
+/// lives inside its single connection, so there operations take turns on it.
+///
+/// # Durability
+///
+/// [`Durability::Full`] (the default) syncs every commit to disk before it
+/// returns: nothing committed is lost even on power loss.
+/// [`Durability::Normal`] survives a crash of the process, but the last
+/// commits may be lost if the machine loses power.
 #[derive(Clone)]
 pub struct Database {
     inner: Arc<Inner>,
