@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use keyhook::{ApiKey, ApiKeyStore, Database, Error, KeySettings, KeyState, Rejection};
+use keyhook::{ApiKey, ApiKeyStore, CreatedKey, Database, Error, KeySettings, KeyState, Rejection};
 use rand::Rng;
 
-use common::{TempDb, temp_db_path};
+use common::{TempDb, assert_invalid_input, assert_not_found_id, temp_db_path};
 
 const ORG: &str = "org_a";
 const OTHER_ORG: &str = "org_b";
@@ -28,9 +28,51 @@ fn enabled_store(db: &Database) -> ApiKeyStore {
     store
 }
 
+/// A store with the live-key limit `max_live_keys`, whose `ORG` has API keys on its plan.
+fn limited_store(db: &Database, max_live_keys: u32) -> ApiKeyStore {
+    let store = ApiKeyStore::builder(db)
+        .prefix("vr")
+        .max_live_keys(max_live_keys)
+        .build()
+        .unwrap();
+    store.set_api_keys_enabled(ORG, true).unwrap();
+    store
+}
+
 fn create(store: &ApiKeyStore, org: &str, name: &str) -> (ApiKey, String) {
     let created = store.create(org, name, KeySettings::default()).unwrap();
     (created.key, created.secret.expose().to_owned())
+}
+
+/// A key in `ORG` that expires at `expires_at`.
+fn create_expiring(store: &ApiKeyStore, name: &str, expires_at: SystemTime) -> CreatedKey {
+    store
+        .create(
+            ORG,
+            name,
+            KeySettings {
+                expires_at: Some(expires_at),
+                ..KeySettings::default()
+            },
+        )
+        .unwrap()
+}
+
+/// How many of `ORG`'s keys are active.
+fn live_keys(store: &ApiKeyStore) -> usize {
+    store
+        .list(ORG)
+        .unwrap()
+        .iter()
+        .filter(|k| k.state == KeyState::Active)
+        .count()
+}
+
+/// Sleeps until 100 ms after `t`.
+fn sleep_past(t: SystemTime) {
+    thread::sleep(
+        t.duration_since(SystemTime::now()).unwrap_or_default() + Duration::from_millis(100),
+    );
 }
 
 fn in_secs(secs: f64) -> SystemTime {
@@ -57,23 +99,19 @@ fn rejected(store: &ApiKeyStore, key: &str) -> Rejection {
     }
 }
 
+/// Each statement, run with plain SQLite with `?1` bound to `id`, fails with
+/// an error that mentions `message`.
 #[track_caller]
-fn assert_invalid_input<T: Debug>(result: keyhook::Result<T>, expected_field: &str) {
-    match result {
-        Err(Error::InvalidInput { field, .. }) if field == expected_field => {}
-        other => panic!("expected InvalidInput {{ field: {expected_field:?} }}, got {other:?}"),
+fn assert_sql_refused(raw: &rusqlite::Connection, statements: [&str; 2], id: &str, message: &str) {
+    for sql in statements {
+        let err = raw.execute(sql, [id]).unwrap_err();
+        assert!(err.to_string().contains(message), "{sql}: {err}");
     }
 }
 
 #[track_caller]
 fn assert_not_found<T: Debug>(result: keyhook::Result<T>, expected_id: &str) {
-    match result {
-        Err(Error::NotFound {
-            kind: "api key",
-            id,
-        }) if id == expected_id => {}
-        other => panic!("expected NotFound {{ id: {expected_id:?} }}, got {other:?}"),
-    }
+    assert_not_found_id(result, "api key", expected_id);
 }
 
 #[track_caller]
@@ -196,16 +234,15 @@ fn revocation_survives_raw_sql() {
     store.revoke(ORG, &key.id).unwrap();
 
     let raw = rusqlite::Connection::open(t.path()).unwrap();
-    for sql in [
-        "UPDATE api_keys SET revoked_at = NULL WHERE id = ?1",
-        "UPDATE api_keys SET revoked_at = revoked_at + 3600000 WHERE id = ?1",
-    ] {
-        let err = raw.execute(sql, [&key.id]).unwrap_err();
-        assert!(
-            err.to_string().contains("cannot be re-enabled"),
-            "{sql}: {err}"
-        );
-    }
+    assert_sql_refused(
+        &raw,
+        [
+            "UPDATE api_keys SET revoked_at = NULL WHERE id = ?1",
+            "UPDATE api_keys SET revoked_at = revoked_at + 3600000 WHERE id = ?1",
+        ],
+        &key.id,
+        "cannot be re-enabled",
+    );
     assert_eq!(rejected(&store, &plaintext), Rejection::Revoked);
     assert_eq!(store.get(ORG, &key.id).unwrap().state, KeyState::Revoked);
 
@@ -214,16 +251,15 @@ fn revocation_survives_raw_sql() {
     store
         .roll(ORG, &rolled.id, Duration::from_secs(3600))
         .unwrap();
-    for sql in [
-        "UPDATE api_keys SET revoke_at = NULL WHERE id = ?1",
-        "UPDATE api_keys SET revoke_at = revoke_at + 1 WHERE id = ?1",
-    ] {
-        let err = raw.execute(sql, [&rolled.id]).unwrap_err();
-        assert!(
-            err.to_string().contains("cannot be cleared"),
-            "{sql}: {err}"
-        );
-    }
+    assert_sql_refused(
+        &raw,
+        [
+            "UPDATE api_keys SET revoke_at = NULL WHERE id = ?1",
+            "UPDATE api_keys SET revoke_at = revoke_at + 1 WHERE id = ?1",
+        ],
+        &rolled.id,
+        "cannot be cleared",
+    );
     raw.execute(
         "UPDATE api_keys SET revoke_at = 0 WHERE id = ?1",
         [&rolled.id],
@@ -379,10 +415,7 @@ fn roll_keeps_the_old_key_for_the_grace_period() {
     assert!(ms(revoke_at) <= ms(after + Duration::from_millis(1500)));
     assert_eq!(store.list(ORG).unwrap().len(), 2);
 
-    let wait = revoke_at
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
-    thread::sleep(wait + Duration::from_millis(100));
+    sleep_past(revoke_at);
     assert_eq!(rejected(&store, &old_plaintext), Rejection::Revoked);
     assert_eq!(store.get(ORG, &old.id).unwrap().state, KeyState::Revoked);
     assert_eq!(store.verify(&new_plaintext).unwrap().id, rolled.key.id);
@@ -405,16 +438,7 @@ fn roll_never_outlives_the_old_keys_expiry() {
     let t = TempDb::new();
     let store = enabled_store(&t.db);
     let expires_at = in_secs(1.0);
-    let created = store
-        .create(
-            ORG,
-            "short-lived",
-            KeySettings {
-                expires_at: Some(expires_at),
-                ..KeySettings::default()
-            },
-        )
-        .unwrap();
+    let created = create_expiring(&store, "short-lived", expires_at);
     let old_plaintext = created.secret.expose().to_owned();
     let rolled = store
         .roll(ORG, &created.key.id, Duration::from_secs(3600))
@@ -428,12 +452,7 @@ fn roll_never_outlives_the_old_keys_expiry() {
     assert_eq!(rolled.key.expires_at.map(ms), Some(ms(expires_at)));
     assert!(store.verify(&old_plaintext).is_ok());
 
-    thread::sleep(
-        expires_at
-            .duration_since(SystemTime::now())
-            .unwrap_or_default()
-            + Duration::from_millis(100),
-    );
+    sleep_past(expires_at);
     let rejection = rejected(&store, &old_plaintext);
     assert!(
         matches!(rejection, Rejection::Expired | Rejection::Revoked),
@@ -486,12 +505,7 @@ fn plan_gates_creation_and_verification() {
 #[test]
 fn live_key_limit() {
     let t = TempDb::new();
-    let store = ApiKeyStore::builder(&t.db)
-        .prefix("vr")
-        .max_live_keys(3)
-        .build()
-        .unwrap();
-    store.set_api_keys_enabled(ORG, true).unwrap();
+    let store = limited_store(&t.db, 3);
     let keys: Vec<_> = (0..3)
         .map(|i| create(&store, ORG, &format!("k{i}")).0)
         .collect();
@@ -521,26 +535,12 @@ fn expired_key_is_rejected() {
     let t = TempDb::new();
     let store = enabled_store(&t.db);
     let expires_at = in_secs(1.0);
-    let created = store
-        .create(
-            ORG,
-            "temporary",
-            KeySettings {
-                expires_at: Some(expires_at),
-                ..KeySettings::default()
-            },
-        )
-        .unwrap();
+    let created = create_expiring(&store, "temporary", expires_at);
     let plaintext = created.secret.expose().to_owned();
     assert!(store.verify(&plaintext).is_ok());
     assert_eq!(created.key.expires_at.map(ms), Some(ms(expires_at)));
 
-    thread::sleep(
-        expires_at
-            .duration_since(SystemTime::now())
-            .unwrap_or_default()
-            + Duration::from_millis(100),
-    );
+    sleep_past(expires_at);
     assert_eq!(rejected(&store, &plaintext), Rejection::Expired);
     assert_eq!(
         store.get(ORG, &created.key.id).unwrap().state,
@@ -846,12 +846,7 @@ fn random_strings_never_verify() {
 #[test]
 fn rolling_one_key_repeatedly_stays_within_the_live_key_limit() {
     let t = TempDb::new();
-    let store = ApiKeyStore::builder(&t.db)
-        .prefix("vr")
-        .max_live_keys(3)
-        .build()
-        .unwrap();
-    store.set_api_keys_enabled(ORG, true).unwrap();
+    let store = limited_store(&t.db, 3);
     let (key, _) = create(&store, ORG, "k");
     for _ in 0..10 {
         // Refusing the second roll of the same key would be as good as a limit check.
@@ -859,12 +854,7 @@ fn rolling_one_key_repeatedly_stays_within_the_live_key_limit() {
             break;
         }
     }
-    let live = store
-        .list(ORG)
-        .unwrap()
-        .iter()
-        .filter(|k| k.state == KeyState::Active)
-        .count();
+    let live = live_keys(&store);
     assert!(live <= 3 + 1, "{live} live keys with a limit of 3");
 }
 
@@ -873,30 +863,11 @@ fn rolling_one_key_repeatedly_stays_within_the_live_key_limit() {
 #[test]
 fn reviving_an_expired_key_respects_the_live_key_limit() {
     let t = TempDb::new();
-    let store = ApiKeyStore::builder(&t.db)
-        .prefix("vr")
-        .max_live_keys(1)
-        .build()
-        .unwrap();
-    store.set_api_keys_enabled(ORG, true).unwrap();
-    let expired = store
-        .create(
-            ORG,
-            "soon expired",
-            KeySettings {
-                expires_at: Some(in_secs(0.3)),
-                ..KeySettings::default()
-            },
-        )
-        .unwrap();
+    let store = limited_store(&t.db, 1);
+    let expired = create_expiring(&store, "soon expired", in_secs(0.3));
     thread::sleep(Duration::from_millis(400));
     create(&store, ORG, "the one live key");
     let _ = store.update(ORG, &expired.key.id, KeySettings::default());
-    let live = store
-        .list(ORG)
-        .unwrap()
-        .iter()
-        .filter(|k| k.state == KeyState::Active)
-        .count();
+    let live = live_keys(&store);
     assert!(live <= 1, "{live} live keys with a limit of 1");
 }

@@ -18,11 +18,8 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::TempDb;
-use keyhook::{
-    Database, DeliveryState, DestinationPolicy, Dispatcher, EndpointOptions, NewEvent,
-    WebhookRegistry,
-};
+use common::{TempDb, loopback_registry};
+use keyhook::{Database, DeliveryState, Dispatcher, EndpointOptions, NewEvent, WebhookRegistry};
 use rand::Rng;
 use receiver::{Receiver, Reply};
 
@@ -48,19 +45,9 @@ fn heavy() -> std::sync::MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn registry(db: &Database) -> WebhookRegistry {
-    WebhookRegistry::builder(db)
-        .destination_policy(
-            DestinationPolicy::new()
-                .allow_http(true)
-                .allow_loopback(true),
-        )
-        .build()
-}
-
 /// The event type and one endpoint subscribed to it, pointing at `rx`.
 fn prepare(db: &Database, rx: &Receiver) -> WebhookRegistry {
-    let registry = registry(db);
+    let registry = loopback_registry(db);
     registry
         .register_event_type(EVENT_TYPE, "A numbered event from a crash test")
         .unwrap();
@@ -124,7 +111,7 @@ fn say(line: &str) {
 /// Delivers with four workers while emitting events `start..`, printing each id once `emit` has returned, until it is killed.
 fn child_emit(db_path: &Path, start: u64) -> ! {
     let db = Database::open(db_path).expect("open the database in the child");
-    let registry = registry(&db);
+    let registry = loopback_registry(&db);
     let dispatcher = Dispatcher::builder(&db, &registry)
         .workers(4)
         .request_timeout(Duration::from_secs(1))
@@ -150,7 +137,7 @@ fn child_emit(db_path: &Path, start: u64) -> ! {
 /// and reports how many attempts it made.
 fn child_deliver(db_path: &Path, stop: &Path) {
     let db = Database::open(db_path).expect("open the database in the child");
-    let registry = registry(&db);
+    let registry = loopback_registry(&db);
     let attempts = Arc::new(AtomicU64::new(0));
     let delivered = Arc::new(AtomicU64::new(0));
     let (a, d) = (Arc::clone(&attempts), Arc::clone(&delivered));

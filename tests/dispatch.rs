@@ -9,14 +9,15 @@ mod receiver;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use common::TempDb;
-use keyhook::signing::verify;
+use common::{
+    TempDb, builder, endpoint, loopback_setup, schedule, unix_now, verify_signed, wait_until,
+};
+use keyhook::signing::VerifyError;
 use keyhook::{
-    AttemptError, CreatedEndpoint, Delivery, DeliveryState, DestinationPolicy, Dispatcher,
-    DispatcherBuilder, EndpointOptions, EndpointUpdate, Error, NewEvent, RetryPolicy,
-    SigningSecret, WebhookRegistry,
+    AttemptError, Delivery, DeliveryState, DestinationPolicy, Dispatcher, EndpointOptions,
+    EndpointUpdate, Error, NewEvent, RetryPolicy, SigningSecret, WebhookRegistry,
 };
 use receiver::{Received, Receiver, Reply};
 use serde_json::json;
@@ -28,59 +29,10 @@ const WAIT: Duration = Duration::from_secs(15);
 const SETTLE: Duration = Duration::from_millis(400);
 
 fn setup() -> (TempDb, WebhookRegistry) {
-    let t = TempDb::new();
-    let registry = WebhookRegistry::builder(&t.db)
-        .destination_policy(
-            DestinationPolicy::new()
-                .allow_http(true)
-                .allow_loopback(true),
-        )
-        .build();
-    registry
-        .register_event_type(CREATED, "A new referred purchase")
-        .unwrap();
-    registry
-        .register_event_type(PAID, "A payout was sent")
-        .unwrap();
-    (t, registry)
-}
-
-fn endpoint(registry: &WebhookRegistry, org: &str, url: &str, types: &[&str]) -> CreatedEndpoint {
-    registry
-        .create(org, url, types, EndpointOptions::default())
-        .unwrap()
-}
-
-/// `attempts` attempts: immediately, then every `gap`; no jitter; a short
-/// throttle delay.
-fn schedule(attempts: usize, gap: Duration) -> RetryPolicy {
-    let mut waits = vec![Duration::ZERO];
-    waits.extend(std::iter::repeat_n(gap, attempts - 1));
-    RetryPolicy::new(waits)
-        .jitter(0.0)
-        .throttle_delay(Duration::from_millis(300))
-}
-
-/// A builder with short settings suited to tests.
-fn builder(t: &TempDb, registry: &WebhookRegistry) -> DispatcherBuilder {
-    Dispatcher::builder(&t.db, registry)
-        .workers(2)
-        .request_timeout(Duration::from_secs(5))
-        .retry_policy(schedule(5, Duration::from_millis(200)))
-        .poll_interval(Duration::from_millis(100))
-}
-
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    loopback_setup(&[
+        (CREATED, "A new referred purchase"),
+        (PAID, "A payout was sent"),
+    ])
 }
 
 /// Waits until the newest delivery to the endpoint leaves `Pending`, and returns it.
@@ -102,26 +54,8 @@ fn statuses(d: &Delivery) -> Vec<Option<u16>> {
     d.attempts.iter().map(|a| a.status_code).collect()
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-fn verify_with(
-    r: &Received,
-    secrets: &[SigningSecret],
-) -> Result<(), keyhook::signing::VerifyError> {
-    verify(
-        r.header("webhook-id"),
-        r.header("webhook-timestamp"),
-        r.header("webhook-signature"),
-        &r.body,
-        secrets,
-        SystemTime::now(),
-        Duration::from_secs(300),
-    )
+fn verify_with(r: &Received, secrets: &[SigningSecret]) -> Result<(), VerifyError> {
+    verify_signed(|name| r.header(name), &r.body, secrets)
 }
 
 /// A receiver answering from a list, one reply per request in order; the last

@@ -13,15 +13,16 @@ use std::fmt::Debug;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use common::TempDb;
-use keyhook::rusqlite::{Connection, TransactionBehavior};
-use keyhook::signing::verify;
+use common::{
+    TempDb, assert_invalid_input, endpoint, loopback_setup, schedule, verify_signed, wait_until,
+};
+use keyhook::rusqlite::{Connection, Transaction, TransactionBehavior};
 use keyhook::{
-    AttemptError, CreatedEndpoint, Delivery, DeliveryState, DestinationPolicy, DisableReason,
-    Dispatcher, DispatcherBuilder, EndpointOptions, Error, HistoryQuery, MAX_HISTORY_RANGE,
-    MAX_PAGE_SIZE, MAX_RECOVERY_WINDOW, NewEvent, Notice, RetryPolicy, WebhookRegistry,
+    AttemptError, CreatedEndpoint, Delivery, DeliveryState, DisableReason, Dispatcher,
+    DispatcherBuilder, EndpointStats, Error, HistoryQuery, MAX_HISTORY_RANGE, MAX_PAGE_SIZE,
+    MAX_RECOVERY_WINDOW, NewEvent, Notice, RetryPolicy, WebhookRegistry,
 };
 use receiver::{Receiver, Reply};
 use serde_json::json;
@@ -37,61 +38,17 @@ const SETTLE: Duration = Duration::from_millis(400);
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
 fn setup() -> (TempDb, WebhookRegistry) {
-    let t = TempDb::new();
-    let registry = WebhookRegistry::builder(&t.db)
-        .destination_policy(
-            DestinationPolicy::new()
-                .allow_http(true)
-                .allow_loopback(true),
-        )
-        .build();
-    for (name, description) in [
+    loopback_setup(&[
         (CREATED, "A new referred purchase"),
         (PAID, "A payout was sent"),
         (GONE, "An account was closed"),
         (QUIET, "A report is ready"),
-    ] {
-        registry.register_event_type(name, description).unwrap();
-    }
-    (t, registry)
-}
-
-fn endpoint(registry: &WebhookRegistry, org: &str, url: &str, types: &[&str]) -> CreatedEndpoint {
-    registry
-        .create(org, url, types, EndpointOptions::default())
-        .unwrap()
-}
-
-/// `attempts` attempts: immediately, then every `gap`; no jitter.
-fn schedule(attempts: usize, gap: Duration) -> RetryPolicy {
-    let mut waits = vec![Duration::ZERO];
-    waits.extend(std::iter::repeat_n(gap, attempts - 1));
-    RetryPolicy::new(waits)
-        .jitter(0.0)
-        .throttle_delay(Duration::from_millis(300))
+    ])
 }
 
 /// Short settings suited to tests; no auto-disable unless a test asks.
 fn builder(t: &TempDb, registry: &WebhookRegistry) -> DispatcherBuilder {
-    Dispatcher::builder(&t.db, registry)
-        .workers(2)
-        .request_timeout(Duration::from_secs(5))
-        .retry_policy(schedule(5, Duration::from_millis(200)))
-        .poll_interval(Duration::from_millis(100))
-        .auto_disable_after(None)
-}
-
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::builder(t, registry).auto_disable_after(None)
 }
 
 /// Every delivery of the endpoint (one full page), newest first.
@@ -165,6 +122,27 @@ fn flaky(ok: &Arc<AtomicBool>) -> Receiver {
     })
 }
 
+/// One endpoint subscribed to `CREATED` behind a `flaky` receiver that fails
+/// until `ok` is set, and a dispatcher making a single attempt per delivery.
+fn one_attempt_to_flaky() -> (
+    TempDb,
+    WebhookRegistry,
+    Arc<AtomicBool>,
+    Receiver,
+    CreatedEndpoint,
+    Dispatcher,
+) {
+    let (t, registry) = setup();
+    let ok = Arc::new(AtomicBool::new(false));
+    let rx = flaky(&ok);
+    let ep = endpoint(&registry, ORG, &rx.url("/"), &[CREATED]);
+    let d = builder(&t, &registry)
+        .retry_policy(schedule(1, Duration::ZERO))
+        .start()
+        .unwrap();
+    (t, registry, ok, rx, ep, d)
+}
+
 /// A receiver answering from a list, in order; the last reply repeats.
 fn scripted(replies: Vec<Reply>) -> Receiver {
     let n = AtomicUsize::new(0);
@@ -193,18 +171,36 @@ fn notice_sink() -> (
     })
 }
 
+/// The endpoint's stats (in `ORG`), after checking its (pending, delivered,
+/// failed) counts and its attempts in the last 24 hours.
+#[track_caller]
+fn checked_stats(
+    d: &Dispatcher,
+    ep: &CreatedEndpoint,
+    counts: (u64, u64, u64),
+    attempts_24h: u64,
+) -> EndpointStats {
+    let s = d.endpoint_stats(ORG, &ep.endpoint.id).unwrap();
+    assert_eq!((s.pending, s.delivered, s.failed), counts, "{s:?}");
+    assert_eq!(s.attempts_24h, attempts_24h, "{s:?}");
+    s
+}
+
+/// An immediate transaction on `host` that has inserted a `host_orders` row
+/// with `note`.
+fn host_order<'c>(host: &'c mut Connection, note: &str) -> Transaction<'c> {
+    let tx = host
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .unwrap();
+    tx.execute("INSERT INTO host_orders (note) VALUES (?1)", [note])
+        .unwrap();
+    tx
+}
+
 fn count(path: &Path, sql: &str) -> i64 {
     let c = Connection::open(path).unwrap();
     c.busy_timeout(Duration::from_secs(5)).unwrap();
     c.query_row(sql, [], |r| r.get(0)).unwrap()
-}
-
-#[track_caller]
-fn assert_invalid<T: Debug>(result: Result<T, Error>, expected: &str) {
-    match result {
-        Err(Error::InvalidInput { field, .. }) if field == expected => {}
-        other => panic!("expected InvalidInput {{ field: {expected:?} }}, got {other:?}"),
-    }
 }
 
 #[track_caller]
@@ -512,7 +508,7 @@ fn history_is_isolated_between_organizations() {
     assert_not_found(d.event_deliveries(OTHER_ORG, &a_events[0]), "event");
     assert_not_found(d.delivery(OTHER_ORG, &page.deliveries[0].id), "delivery");
     // Org A's cursor on org B's own endpoint is refused.
-    assert_invalid(
+    assert_invalid_input(
         d.history(
             OTHER_ORG,
             &ep_b.endpoint.id,
@@ -544,14 +540,7 @@ fn history_is_isolated_between_organizations() {
 
 #[test]
 fn redeliver_makes_a_manual_attempt_and_marks_delivered_only_on_success() {
-    let (t, registry) = setup();
-    let ok = Arc::new(AtomicBool::new(false));
-    let rx = flaky(&ok);
-    let ep = endpoint(&registry, ORG, &rx.url("/"), &[CREATED]);
-    let d = builder(&t, &registry)
-        .retry_policy(schedule(1, Duration::ZERO))
-        .start()
-        .unwrap();
+    let (_t, _registry, ok, rx, ep, d) = one_attempt_to_flaky();
     let event = d.emit(ORG, CREATED, &json!({"r": 1})).unwrap();
     let failed = wait_for_state(&d, ORG, &ep.endpoint.id, DeliveryState::Failed, 1).remove(0);
     assert_eq!(failed.attempts.len(), 1);
@@ -589,14 +578,10 @@ fn redeliver_makes_a_manual_attempt_and_marks_delivered_only_on_success() {
         assert_eq!(r.header("webhook-id"), Some(event.as_str()));
     }
     let last = &received[2];
-    verify(
-        last.header("webhook-id"),
-        last.header("webhook-timestamp"),
-        last.header("webhook-signature"),
+    verify_signed(
+        |name| last.header(name),
         &last.body,
         std::slice::from_ref(&ep.secret),
-        SystemTime::now(),
-        Duration::from_secs(300),
     )
     .unwrap();
     std::thread::sleep(SETTLE);
@@ -606,15 +591,8 @@ fn redeliver_makes_a_manual_attempt_and_marks_delivered_only_on_success() {
 
 #[test]
 fn recover_requeues_failed_deliveries_since_the_given_time() {
-    let (t, registry) = setup();
-    let ok = Arc::new(AtomicBool::new(false));
-    let rx = flaky(&ok);
-    let ep = endpoint(&registry, ORG, &rx.url("/"), &[CREATED]);
+    let (_t, _registry, ok, rx, ep, d) = one_attempt_to_flaky();
     let id = ep.endpoint.id.as_str();
-    let d = builder(&t, &registry)
-        .retry_policy(schedule(1, Duration::ZERO))
-        .start()
-        .unwrap();
     let old = d.emit(ORG, CREATED, &json!({"old": true})).unwrap();
     wait_for_state(&d, ORG, id, DeliveryState::Failed, 1);
     std::thread::sleep(Duration::from_millis(20));
@@ -832,11 +810,7 @@ fn emit_in_exists_only_if_the_host_transaction_commits() {
     };
 
     // Rolled back: no event, nothing sent.
-    let tx = host
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .unwrap();
-    tx.execute("INSERT INTO host_orders (note) VALUES ('rolled back')", [])
-        .unwrap();
+    let tx = host_order(&mut host, "rolled back");
     let ids = d
         .emit_in(
             &tx,
@@ -851,11 +825,7 @@ fn emit_in_exists_only_if_the_host_transaction_commits() {
     assert_eq!(host_rows(&host, "rolled back"), 0);
 
     // Committed: it arrives.
-    let tx = host
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .unwrap();
-    tx.execute("INSERT INTO host_orders (note) VALUES ('committed')", [])
-        .unwrap();
+    let tx = host_order(&mut host, "committed");
     let committed = d
         .emit_in(
             &tx,
@@ -875,11 +845,7 @@ fn emit_in_exists_only_if_the_host_transaction_commits() {
     assert_eq!(host_rows(&host, "committed"), 1);
 
     // A failing emit_in rolls back its savepoint; the host still commits.
-    let tx = host
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .unwrap();
-    tx.execute("INSERT INTO host_orders (note) VALUES ('kept')", [])
-        .unwrap();
+    let tx = host_order(&mut host, "kept");
     let err = d
         .emit_in(
             &tx,
@@ -1030,25 +996,17 @@ fn endpoint_stats_and_backlog_count_by_state() {
     wait_for_attempts(&d, ORG, &down.endpoint.id, 2, 2);
     wait_for_attempts(&d, OTHER_ORG, &other.endpoint.id, 1, 2);
 
-    let s = d.endpoint_stats(ORG, &good.endpoint.id).unwrap();
-    assert_eq!((s.pending, s.delivered, s.failed), (0, 2, 0), "{s:?}");
-    assert_eq!(s.attempts_24h, 3, "{s:?}");
+    let s = checked_stats(&d, &good, (0, 2, 0), 3);
     let rate = s.success_rate_24h.expect("attempts were made");
     assert!((rate - 2.0 / 3.0).abs() < 1e-9, "{s:?}");
 
-    let s = d.endpoint_stats(ORG, &down.endpoint.id).unwrap();
-    assert_eq!((s.pending, s.delivered, s.failed), (2, 0, 0), "{s:?}");
-    assert_eq!(s.attempts_24h, 4, "{s:?}");
+    let s = checked_stats(&d, &down, (2, 0, 0), 4);
     assert_eq!(s.success_rate_24h, Some(0.0), "{s:?}");
 
-    let s = d.endpoint_stats(ORG, &gone.endpoint.id).unwrap();
-    assert_eq!((s.pending, s.delivered, s.failed), (0, 0, 1), "{s:?}");
-    assert_eq!(s.attempts_24h, 1, "{s:?}");
+    let s = checked_stats(&d, &gone, (0, 0, 1), 1);
     assert_eq!(s.success_rate_24h, Some(0.0), "{s:?}");
 
-    let s = d.endpoint_stats(ORG, &quiet.endpoint.id).unwrap();
-    assert_eq!((s.pending, s.delivered, s.failed), (0, 0, 0), "{s:?}");
-    assert_eq!(s.attempts_24h, 0, "{s:?}");
+    let s = checked_stats(&d, &quiet, (0, 0, 0), 0);
     assert_eq!(s.success_rate_24h, None, "{s:?}");
 
     assert_eq!(d.backlog(ORG).unwrap(), 2);
@@ -1089,9 +1047,9 @@ fn history_rejects_bad_cursors_ranges_and_limits() {
     let mut chars: Vec<char> = cursor.chars().collect();
     chars[5] = if chars[5] == 'A' { 'B' } else { 'A' };
     let tampered: String = chars.into_iter().collect();
-    assert_invalid(d.history(ORG, id, &with(&tampered)), "cursor");
-    assert_invalid(d.history(ORG, id, &with("not a cursor!")), "cursor");
-    assert_invalid(
+    assert_invalid_input(d.history(ORG, id, &with(&tampered)), "cursor");
+    assert_invalid_input(d.history(ORG, id, &with("not a cursor!")), "cursor");
+    assert_invalid_input(
         d.history(ORG, id, &with(&format!("{cursor}AAAA"))),
         "cursor",
     );
@@ -1100,12 +1058,12 @@ fn history_rejects_bad_cursors_ranges_and_limits() {
         state: Some(DeliveryState::Delivered),
         ..with(&cursor)
     };
-    assert_invalid(d.history(ORG, id, &other_state), "cursor");
+    assert_invalid_input(d.history(ORG, id, &other_state), "cursor");
     let other_since = HistoryQuery {
         since: Some(SystemTime::now() - DAY),
         ..with(&cursor)
     };
-    assert_invalid(d.history(ORG, id, &other_since), "cursor");
+    assert_invalid_input(d.history(ORG, id, &other_since), "cursor");
 
     let now = SystemTime::now();
     let range = |since: SystemTime, until: SystemTime| HistoryQuery {
@@ -1113,11 +1071,11 @@ fn history_rejects_bad_cursors_ranges_and_limits() {
         until: Some(until),
         ..HistoryQuery::default()
     };
-    assert_invalid(
+    assert_invalid_input(
         d.history(ORG, id, &range(now, now - Duration::from_secs(3600))),
         "since",
     );
-    assert_invalid(
+    assert_invalid_input(
         d.history(
             ORG,
             id,
@@ -1133,7 +1091,7 @@ fn history_rejects_bad_cursors_ranges_and_limits() {
             limit,
             ..HistoryQuery::default()
         };
-        assert_invalid(d.history(ORG, id, &bad), "limit");
+        assert_invalid_input(d.history(ORG, id, &bad), "limit");
     }
     let biggest = HistoryQuery {
         limit: MAX_PAGE_SIZE,
@@ -1146,21 +1104,14 @@ fn history_rejects_bad_cursors_ranges_and_limits() {
 
 #[test]
 fn recover_rejects_windows_out_of_bounds_and_requeues_nothing() {
-    let (t, registry) = setup();
-    let ok = Arc::new(AtomicBool::new(false));
-    let rx = flaky(&ok);
-    let ep = endpoint(&registry, ORG, &rx.url("/"), &[CREATED]);
+    let (_t, _registry, ok, rx, ep, d) = one_attempt_to_flaky();
     let id = ep.endpoint.id.as_str();
-    let d = builder(&t, &registry)
-        .retry_policy(schedule(1, Duration::ZERO))
-        .start()
-        .unwrap();
     d.emit(ORG, CREATED, &json!({})).unwrap();
     wait_for_state(&d, ORG, id, DeliveryState::Failed, 1);
     ok.store(true, Ordering::SeqCst);
 
     let now = SystemTime::now();
-    assert_invalid(
+    assert_invalid_input(
         d.recover(
             ORG,
             id,
@@ -1168,7 +1119,7 @@ fn recover_rejects_windows_out_of_bounds_and_requeues_nothing() {
         ),
         "since",
     );
-    assert_invalid(d.recover(ORG, id, now + Duration::from_secs(3600)), "since");
+    assert_invalid_input(d.recover(ORG, id, now + Duration::from_secs(3600)), "since");
     assert_not_found(d.recover(OTHER_ORG, id, now - DAY), "endpoint");
     assert_not_found(d.recover(ORG, "ep_missing", now - DAY), "endpoint");
     std::thread::sleep(SETTLE);

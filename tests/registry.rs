@@ -17,7 +17,7 @@ use keyhook::{
     WebhookRegistry,
 };
 
-use common::{TempDb, temp_db_path};
+use common::{TempDb, assert_not_found_id, temp_db_path, unix_now};
 
 const ORG: &str = "org_a";
 const OTHER_ORG: &str = "org_b";
@@ -72,14 +72,40 @@ fn registry_with(db: &Database, policy: DestinationPolicy) -> WebhookRegistry {
     reg
 }
 
-fn create(reg: &WebhookRegistry, org: &str, url: &str) -> CreatedEndpoint {
+fn try_create(reg: &WebhookRegistry, org: &str, url: &str) -> keyhook::Result<CreatedEndpoint> {
     reg.create(
         org,
         url,
         &["conversion.created"],
         EndpointOptions::default(),
     )
+}
+
+fn create(reg: &WebhookRegistry, org: &str, url: &str) -> CreatedEndpoint {
+    try_create(reg, org, url).unwrap()
+}
+
+/// An endpoint at `URL` subscribed to all event types.
+fn create_all_types(reg: &WebhookRegistry, org: &str) -> Endpoint {
+    reg.create(
+        org,
+        URL,
+        &[] as &[&str],
+        EndpointOptions {
+            all_event_types: true,
+            ..EndpointOptions::default()
+        },
+    )
     .unwrap()
+    .endpoint
+}
+
+/// A default registry on a fresh file with one endpoint in `ORG` at `URL`.
+fn one_endpoint() -> (TempDb, WebhookRegistry, CreatedEndpoint) {
+    let tmp = TempDb::new();
+    let reg = registry(&tmp.db);
+    let created = create(&reg, ORG, URL);
+    (tmp, reg, created)
 }
 
 /// An organization's endpoints with each one's signing secrets.
@@ -183,13 +209,7 @@ fn refused<T: Debug>(result: keyhook::Result<T>) -> String {
 
 #[track_caller]
 fn not_found<T: Debug>(result: keyhook::Result<T>, expected_id: &str) {
-    match result {
-        Err(Error::NotFound {
-            kind: "endpoint",
-            id,
-        }) if id == expected_id => {}
-        other => panic!("expected NotFound {{ endpoint {expected_id:?} }}, got {other:?}"),
-    }
+    assert_not_found_id(result, "endpoint", expected_id);
 }
 
 #[track_caller]
@@ -204,13 +224,6 @@ fn unknown_event_type<T: Debug>(result: keyhook::Result<T>, expected: &str) {
         }
         other => panic!("expected UnknownEventType {expected:?}, got {other:?}"),
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
 }
 
 fn ms(t: SystemTime) -> i64 {
@@ -369,9 +382,7 @@ fn create_list_get_update_delete() {
 
 #[test]
 fn create_returns_the_signing_secret() {
-    let tmp = TempDb::new();
-    let reg = registry(&tmp.db);
-    let created = create(&reg, ORG, URL);
+    let (_tmp, reg, created) = one_endpoint();
     let text = created.secret.expose();
     assert!(text.starts_with("whsec_"), "{text}");
     assert_eq!(SigningSecret::parse(&text).unwrap(), created.secret);
@@ -439,18 +450,7 @@ fn imported_secret_is_kept() {
 fn all_event_types_subscription() {
     let tmp = TempDb::new();
     let reg = registry(&tmp.db);
-    let all = reg
-        .create(
-            ORG,
-            URL,
-            &[] as &[&str],
-            EndpointOptions {
-                all_event_types: true,
-                ..EndpointOptions::default()
-            },
-        )
-        .unwrap()
-        .endpoint;
+    let all = create_all_types(&reg, ORG);
     assert!(all.all_event_types);
     assert!(all.event_types.is_empty());
     assert_eq!(reg.get(ORG, &all.id).unwrap(), all);
@@ -568,9 +568,7 @@ fn registry_clones_share_the_database_across_threads() {
 
 #[test]
 fn rotation_signs_with_both_secrets_until_the_grace_ends() {
-    let tmp = TempDb::new();
-    let reg = registry(&tmp.db);
-    let created = create(&reg, ORG, URL);
+    let (_tmp, reg, created) = one_endpoint();
     let id = &created.endpoint.id;
     let old = created.secret;
 
@@ -621,9 +619,7 @@ fn rotation_signs_with_both_secrets_until_the_grace_ends() {
 
 #[test]
 fn zero_grace_retires_the_old_secret_at_once() {
-    let tmp = TempDb::new();
-    let reg = registry(&tmp.db);
-    let created = create(&reg, ORG, URL);
+    let (_tmp, reg, created) = one_endpoint();
     let id = &created.endpoint.id;
     let new = reg.rotate_secret(ORG, id, Some(Duration::ZERO)).unwrap();
     assert_eq!(reg.signing_secrets(ORG, id).unwrap(), [new]);
@@ -632,9 +628,7 @@ fn zero_grace_retires_the_old_secret_at_once() {
 #[test]
 fn default_rotation_grace_is_24_hours() {
     assert_eq!(DEFAULT_ROTATION_GRACE, Duration::from_secs(24 * 3600));
-    let tmp = TempDb::new();
-    let reg = registry(&tmp.db);
-    let created = create(&reg, ORG, URL);
+    let (tmp, reg, created) = one_endpoint();
     let id = &created.endpoint.id;
 
     let before = ms(SystemTime::now());
@@ -682,9 +676,7 @@ fn rotation_grace_over_seven_days_is_refused() {
 /// revocation may come sooner, never later).
 #[test]
 fn rotating_again_does_not_extend_an_older_secret() {
-    let tmp = TempDb::new();
-    let reg = registry(&tmp.db);
-    let created = create(&reg, ORG, URL);
+    let (_tmp, reg, created) = one_endpoint();
     let id = &created.endpoint.id;
     let first = created.secret;
 
@@ -761,12 +753,7 @@ fn endpoint_limit_per_organization() {
     create(&reg, ORG, URL);
     let before = snapshot(&reg, ORG);
 
-    match reg.create(
-        ORG,
-        URL,
-        &["conversion.created"],
-        EndpointOptions::default(),
-    ) {
+    match try_create(&reg, ORG, URL) {
         Err(e @ Error::LimitReached { limit: 2, .. }) => {
             assert!(e.to_string().contains('2'), "{e}");
             assert!(e.is_client_error());
@@ -794,14 +781,7 @@ fn endpoint_limit_holds_under_concurrent_creates() {
     let handles: Vec<_> = (0..8)
         .map(|_| {
             let reg = reg.clone();
-            thread::spawn(move || {
-                reg.create(
-                    ORG,
-                    URL,
-                    &["conversion.created"],
-                    EndpointOptions::default(),
-                )
-            })
+            thread::spawn(move || try_create(&reg, ORG, URL))
         })
         .collect();
     let mut created = 0;
@@ -826,15 +806,7 @@ fn event_type_catalogue() {
     let reg = WebhookRegistry::new(&tmp.db);
     assert!(reg.event_types().unwrap().is_empty());
     // Before the catalogue has a type, nothing can subscribe to it.
-    unknown_event_type(
-        reg.create(
-            ORG,
-            URL,
-            &["conversion.created"],
-            EndpointOptions::default(),
-        ),
-        "conversion.created",
-    );
+    unknown_event_type(try_create(&reg, ORG, URL), "conversion.created");
 
     for (name, description) in PRODUCT_TYPES {
         let registered = reg.register_event_type(name, description).unwrap();
@@ -988,10 +960,7 @@ fn malformed_urls_are_invalid_input_and_change_nothing() {
         (&expands, "normalized"),
     ];
     for (url, expected) in &cases {
-        let reason = invalid_input(
-            fx.create_in_empty_org(url, &["conversion.created"], EndpointOptions::default()),
-            "url",
-        );
+        let reason = invalid_input(try_create(&fx.reg, EMPTY_ORG, url), "url");
         assert!(
             reason.contains(expected),
             "create {url:?}: {reason:?} should mention {expected:?}"
@@ -1012,14 +981,7 @@ fn malformed_urls_are_invalid_input_and_change_nothing() {
     }
 
     // Exactly 2,048 bytes is allowed.
-    let ep = fx
-        .create_in_empty_org(
-            &at_limit,
-            &["conversion.created"],
-            EndpointOptions::default(),
-        )
-        .unwrap()
-        .endpoint;
+    let ep = try_create(&fx.reg, EMPTY_ORG, &at_limit).unwrap().endpoint;
     assert_eq!(ep.url, at_limit);
 }
 
@@ -1060,11 +1022,7 @@ fn non_public_addresses_are_refused_and_change_nothing() {
         ("https://[64:ff9b::a9fe:a9fe]/", "metadata"),
     ];
     for (url, expected) in cases {
-        let reason = refused(fx.create_in_empty_org(
-            url,
-            &["conversion.created"],
-            EndpointOptions::default(),
-        ));
+        let reason = refused(try_create(&fx.reg, EMPTY_ORG, url));
         assert!(
             reason.contains(expected),
             "create {url}: {reason:?} should mention {expected:?}"
@@ -1082,23 +1040,14 @@ fn non_public_addresses_are_refused_and_change_nothing() {
 fn http_is_accepted_only_when_the_policy_allows_it() {
     let strict = Fixture::new();
     let reason = invalid_input(
-        strict.create_in_empty_org(
-            "http://example.com/",
-            &["conversion.created"],
-            EndpointOptions::default(),
-        ),
+        try_create(&strict.reg, EMPTY_ORG, "http://example.com/"),
         "url",
     );
     assert!(reason.contains("http"), "{reason}");
     strict.assert_unchanged("http on a strict policy");
 
     let lax = Fixture::with_policy(DestinationPolicy::new().allow_http(true));
-    let ep = lax
-        .create_in_empty_org(
-            "http://example.com/",
-            &["conversion.created"],
-            EndpointOptions::default(),
-        )
+    let ep = try_create(&lax.reg, EMPTY_ORG, "http://example.com/")
         .unwrap()
         .endpoint;
     assert_eq!(ep.url, "http://example.com/");
@@ -1125,14 +1074,7 @@ fn loopback_is_accepted_only_when_the_policy_allows_it() {
         "https://[::1]/",
         "https://localhost/",
     ] {
-        let ep = fx
-            .reg
-            .create(
-                OTHER_ORG,
-                url,
-                &["conversion.created"],
-                EndpointOptions::default(),
-            )
+        let ep = try_create(&fx.reg, OTHER_ORG, url)
             .unwrap_or_else(|e| panic!("{url}: {e}"))
             .endpoint;
         assert_eq!(ep.url, url);
@@ -1148,12 +1090,7 @@ fn loopback_is_accepted_only_when_the_policy_allows_it() {
             url: Some(url.into()),
             ..EndpointUpdate::default()
         }));
-        refused(fx.reg.create(
-            EMPTY_ORG,
-            url,
-            &["conversion.created"],
-            EndpointOptions::default(),
-        ));
+        refused(try_create(&fx.reg, EMPTY_ORG, url));
     }
     assert_eq!(snapshot(&fx.reg, ORG), fx.before);
     assert!(fx.reg.list(EMPTY_ORG).unwrap().is_empty());
@@ -1198,11 +1135,7 @@ fn allow_cidr_lifts_only_its_block() {
     // Even an allow-list covering everything never allows 0.0.0.0.
     let everything =
         Fixture::with_policy(DestinationPolicy::new().allow_cidr("0.0.0.0/0".parse().unwrap()));
-    let reason = refused(everything.create_in_empty_org(
-        "https://0.0.0.0/",
-        &["conversion.created"],
-        EndpointOptions::default(),
-    ));
+    let reason = refused(try_create(&everything.reg, EMPTY_ORG, "https://0.0.0.0/"));
     assert!(reason.contains("unspecified"), "{reason}");
     everything.assert_unchanged("0.0.0.0 under 0.0.0.0/0");
 
@@ -1307,19 +1240,7 @@ fn update_to_an_empty_event_list_is_refused() {
     fx.assert_unchanged("an empty event list with a new URL");
 
     // An all-types endpoint cannot turn the flag off without a list.
-    let all = fx
-        .reg
-        .create(
-            OTHER_ORG,
-            URL,
-            &[] as &[&str],
-            EndpointOptions {
-                all_event_types: true,
-                ..EndpointOptions::default()
-            },
-        )
-        .unwrap()
-        .endpoint;
+    let all = create_all_types(&fx.reg, OTHER_ORG);
     invalid_input(
         fx.reg.update(
             OTHER_ORG,
@@ -1491,15 +1412,7 @@ fn bad_descriptions_and_orgs_are_refused() {
         fx.assert_unchanged("a bad description");
     }
     for org in ["", "org\u{0}a"] {
-        invalid_input(
-            fx.reg.create(
-                org,
-                URL,
-                &["conversion.created"],
-                EndpointOptions::default(),
-            ),
-            "org",
-        );
+        invalid_input(try_create(&fx.reg, org, URL), "org");
     }
     fx.assert_unchanged("a bad org");
 }

@@ -3,9 +3,15 @@
 // Each test crate compiles this module on its own and uses only some helpers.
 #![allow(dead_code)]
 
+use std::fmt::Debug;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use keyhook::Database;
+use keyhook::signing::{VerifyError, verify};
+use keyhook::{
+    CreatedEndpoint, Database, DestinationPolicy, Dispatcher, DispatcherBuilder, EndpointOptions,
+    Error, RetryPolicy, SigningSecret, WebhookRegistry,
+};
 use tempfile::TempDir;
 
 /// A fresh temporary directory and the path of a (not yet created) database
@@ -41,5 +47,126 @@ impl TempDb {
     /// The database file, for opening it again or with plain `rusqlite`.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+// ------------------------------------------------------------ delivery tests
+
+/// A registry whose destination policy lets endpoints use plain HTTP on
+/// 127.0.0.1, where the tests' receivers listen.
+pub fn loopback_registry(db: &Database) -> WebhookRegistry {
+    WebhookRegistry::builder(db)
+        .destination_policy(
+            DestinationPolicy::new()
+                .allow_http(true)
+                .allow_loopback(true),
+        )
+        .build()
+}
+
+/// A new database and a [`loopback_registry`] on it with `event_types`
+/// (name, description) registered in order.
+pub fn loopback_setup(event_types: &[(&str, &str)]) -> (TempDb, WebhookRegistry) {
+    let t = TempDb::new();
+    let registry = loopback_registry(&t.db);
+    for (name, description) in event_types {
+        registry.register_event_type(name, description).unwrap();
+    }
+    (t, registry)
+}
+
+/// An endpoint with default options.
+pub fn endpoint(
+    registry: &WebhookRegistry,
+    org: &str,
+    url: &str,
+    types: &[&str],
+) -> CreatedEndpoint {
+    registry
+        .create(org, url, types, EndpointOptions::default())
+        .unwrap()
+}
+
+/// `attempts` attempts: immediately, then every `gap`; no jitter; a short
+/// throttle delay.
+pub fn schedule(attempts: usize, gap: Duration) -> RetryPolicy {
+    let mut waits = vec![Duration::ZERO];
+    waits.extend(std::iter::repeat_n(gap, attempts - 1));
+    RetryPolicy::new(waits)
+        .jitter(0.0)
+        .throttle_delay(Duration::from_millis(300))
+}
+
+/// A dispatcher builder with short settings suited to tests.
+pub fn builder(t: &TempDb, registry: &WebhookRegistry) -> DispatcherBuilder {
+    Dispatcher::builder(&t.db, registry)
+        .workers(2)
+        .request_timeout(Duration::from_secs(5))
+        .retry_policy(schedule(5, Duration::from_millis(200)))
+        .poll_interval(Duration::from_millis(100))
+}
+
+/// Polls `done` every 20 ms until it holds (true) or `timeout` passes (false).
+pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Verifies a received request's signature as a receiver would: its
+/// `webhook-*` headers read through `header`, now, with 300 s of tolerance.
+pub fn verify_signed<'a>(
+    header: impl Fn(&str) -> Option<&'a str>,
+    body: &[u8],
+    secrets: &[SigningSecret],
+) -> Result<(), VerifyError> {
+    verify(
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+        body,
+        secrets,
+        SystemTime::now(),
+        Duration::from_secs(300),
+    )
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+// --------------------------------------------------------------- assertions
+
+#[track_caller]
+pub fn assert_invalid_input<T: Debug>(result: keyhook::Result<T>, expected_field: &str) {
+    match result {
+        Err(Error::InvalidInput { field, .. }) if field == expected_field => {}
+        other => panic!("expected InvalidInput {{ field: {expected_field:?} }}, got {other:?}"),
+    }
+}
+
+/// `result` is `NotFound` for exactly this kind and id.
+#[track_caller]
+pub fn assert_not_found_id<T: Debug>(
+    result: keyhook::Result<T>,
+    expected_kind: &str,
+    expected_id: &str,
+) {
+    match result {
+        Err(Error::NotFound { kind, id }) if kind == expected_kind && id == expected_id => {}
+        other => panic!(
+            "expected NotFound {{ kind: {expected_kind:?}, id: {expected_id:?} }}, got {other:?}"
+        ),
     }
 }
