@@ -209,9 +209,9 @@ impl DestinationPolicy {
 
     /// Refuse the few host names whose meaning does not depend on DNS.
     fn check_name(&self, name: &str) -> Result<()> {
-        // The parser lowercases and IDNA-maps names; a trailing dot makes
-        // the same name absolute.
-        let name = name.strip_suffix('.').unwrap_or(name);
+        // The parser lowercases and IDNA-maps names; trailing dots make the
+        // same name absolute (and resolvers may accept several).
+        let name = name.trim_end_matches('.');
         let refused = |what: &str| Error::DestinationRefused {
             reason: format!("host \"{name}\" is {what}"),
         };
