@@ -1,6 +1,5 @@
 //! The dispatcher: durable emit, and delivery on a small pool of owned threads.
 
-mod emit;
 mod history;
 mod http;
 mod queue;
@@ -274,7 +273,6 @@ impl DispatcherBuilder {
             jobs: Jobs::default(),
             observer: self.observer,
             notices: self.notices,
-            group_commit: emit::GroupCommit::default(),
         });
         let dispatcher = Dispatcher {
             shared: Arc::clone(&shared),
@@ -330,7 +328,6 @@ pub(crate) struct Shared {
     pub jobs: Jobs,
     pub observer: Option<Observer>,
     pub notices: Option<NoticeHook>,
-    pub group_commit: emit::GroupCommit,
 }
 
 impl Shared {
@@ -452,8 +449,8 @@ impl Dispatcher {
         let limits = self.emit_limits();
         let emitted = self
             .shared
-            .group_commit
-            .emit(&self.shared.db, org, events, &limits)?;
+            .db
+            .write(|tx| queue::insert_events(tx, org, &events, &limits))?;
         if emitted.iter().any(|e| e.deliveries > 0) {
             self.shared.pump.emitted();
         }

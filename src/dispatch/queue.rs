@@ -32,6 +32,8 @@ pub(crate) struct EndpointTarget {
     pub signers: Vec<Signer>,
     /// The endpoint's last attempt failed (see [`ClaimLimits`]).
     pub limited: bool,
+    /// The endpoint has not succeeded yet (one attempt in flight until it does).
+    pub unproven: bool,
 }
 
 /// What a worker needs to make one attempt.
@@ -368,9 +370,10 @@ pub(crate) fn release(db: &Database, claimed: &[Claimed]) -> Result<()> {
 }
 
 fn load_endpoint(conn: &Connection, endpoint_row: i64, now: i64) -> Result<EndpointTarget> {
-    let (endpoint_id, org, url, headers, limited) = conn
+    let (endpoint_id, org, url, headers, limited, unproven) = conn
         .prepare_cached(
-            "SELECT id, org_id, url, headers, consecutive_failures > 0
+            "SELECT id, org_id, url, headers, consecutive_failures > 0,
+                    last_success_at IS NULL
              FROM endpoints WHERE row_id = ?1",
         )?
         .query_row([endpoint_row], |r| {
@@ -380,6 +383,7 @@ fn load_endpoint(conn: &Connection, endpoint_row: i64, now: i64) -> Result<Endpo
                 r.get::<_, String>(2)?,
                 r.get::<_, String>(3)?,
                 r.get::<_, bool>(4)?,
+                r.get::<_, bool>(5)?,
             ))
         })?;
     let secrets = active_secrets(conn, endpoint_row, now)?;
@@ -390,6 +394,7 @@ fn load_endpoint(conn: &Connection, endpoint_row: i64, now: i64) -> Result<Endpo
         headers: headers_from_json(&headers),
         signers: secrets.iter().map(Signer::new).collect(),
         limited,
+        unproven,
     })
 }
 

@@ -168,10 +168,18 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             let mut st = shared.pump.lock();
             let waiting = st.done.len();
             let busy = in_flight - waiting;
-            // Record now if the queue needs refilling (half empty, or a
-            // worker idle), if all work is done, or if the oldest finished
-            // attempt waited long enough; otherwise let more finish first.
-            let refill = capacity - busy >= capacity / 2 || busy < workers;
+            // Claimable work may exist: after an emit, or when a finished
+            // attempt frees a slot at a limited endpoint, proves a new one,
+            // or gives a job back.
+            let unlocks = st
+                .done
+                .iter()
+                .any(|c| c.claimed.limited || c.claimed.target.unproven || c.next == Next::NotSent);
+            let could_claim = maybe_more || unlocks || st.generation != last_generation;
+            // Record now if work should be claimed (the queue is half empty
+            // or a worker is idle), or if the oldest finished attempt waited
+            // long enough; otherwise let more finish, and share one commit.
+            let refill = could_claim && (capacity - busy >= capacity / 2 || busy < workers);
             let due = st
                 .first_done_at
                 .is_some_and(|t| t.elapsed() >= RECORD_DELAY);
@@ -179,18 +187,19 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
                 let deadline = st
                     .first_done_at
                     .map_or(RECORD_DELAY, |t| RECORD_DELAY.saturating_sub(t.elapsed()));
-                let _ = shared
-                    .pump
-                    .cond
-                    .wait_timeout_while(st, deadline, |s| s.done.len() == waiting && !s.stopping);
+                let generation = st.generation;
+                let _ = shared.pump.cond.wait_timeout_while(st, deadline, |s| {
+                    s.done.len() == waiting && !s.stopping && s.generation == generation
+                });
                 continue;
+            }
+            if unlocks {
+                maybe_more = true;
             }
             st.first_done_at = None;
             (std::mem::take(&mut st.done), st.stopping, st.generation)
         };
-        // A finished attempt can free a slot at a limited endpoint or prove a
-        // new one, making more work claimable.
-        if generation != last_generation || !done.is_empty() {
+        if generation != last_generation {
             maybe_more = true;
             last_generation = generation;
         }
