@@ -1,6 +1,7 @@
 //! The shared HTTP agent, request building, and outcome classification.
 
 use std::io::{self, Read};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use ureq::Agent;
@@ -155,6 +156,21 @@ impl Resolver for PolicyResolver {
         config: &Config,
         timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        // An IP literal needs no lookup (ureq's resolver would spawn a
+        // thread for it, since a timeout is set).
+        if let Some(addr) = literal_addr(uri) {
+            return match self.policy.check_ip(addr.ip()) {
+                Ok(()) => {
+                    let mut one = self.empty();
+                    one.push(addr);
+                    Ok(one)
+                }
+                Err(r) => Err(ureq::Error::Io(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    r,
+                ))),
+            };
+        }
         let resolved = self.inner.resolve(uri, config, timeout)?;
         let mut allowed = self.empty();
         let mut refusal: Option<Refusal> = None;
@@ -173,6 +189,23 @@ impl Resolver for PolicyResolver {
             _ => Ok(allowed),
         }
     }
+}
+
+/// The socket address of a URI whose host is an IP literal.
+fn literal_addr(uri: &Uri) -> Option<SocketAddr> {
+    let authority = uri.authority()?;
+    let host = authority.host();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let ip: IpAddr = host.parse().ok()?;
+    let port = authority.port_u16().or(match uri.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    })?;
+    Some(SocketAddr::new(ip, port))
 }
 
 /// Sends one request and classifies the result. Never panics on the
@@ -305,6 +338,21 @@ mod tests {
         ] {
             assert_eq!(AttemptError::parse(e.as_str()), e);
         }
+    }
+
+    #[test]
+    fn ip_literals_resolve_without_lookup() {
+        let addr = |u: &str| literal_addr(&u.parse::<Uri>().unwrap());
+        assert_eq!(
+            addr("http://127.0.0.1:8080/x"),
+            Some("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(addr("https://[::1]/x"), Some("[::1]:443".parse().unwrap()));
+        assert_eq!(
+            addr("http://93.184.216.34/"),
+            Some("93.184.216.34:80".parse().unwrap())
+        );
+        assert_eq!(addr("https://example.com/"), None);
     }
 
     #[test]

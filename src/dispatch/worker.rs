@@ -365,7 +365,12 @@ fn decide(shared: &Shared, claimed: &Claimed, response: &Response) -> Next {
 fn report(shared: &Shared, c: &Completion, applied: bool) {
     let (claimed, response) = (&c.claimed, &c.response);
     let endpoint = &claimed.target;
-    let target = redacted_target(&endpoint.url);
+    // Parsing the URL for the log line is skipped when nothing would print it.
+    let target = if log::log_enabled!(log::Level::Info) {
+        redacted_target(&endpoint.url)
+    } else {
+        String::new()
+    };
     if c.next == Next::NotSent {
         log::debug!(
             "keyhook: {} to {} waited too long for a worker; given back",
