@@ -32,7 +32,10 @@ const RECORD_DELAY: Duration = Duration::from_millis(2);
 #[derive(Default)]
 pub(crate) struct PumpSignal {
     state: Mutex<PumpState>,
+    /// The pump waits on this one.
     cond: Condvar,
+    /// The maintenance thread waits on this one, so emits do not wake it.
+    stop_cond: Condvar,
 }
 
 #[derive(Default)]
@@ -53,20 +56,20 @@ impl PumpSignal {
     /// New work was committed in this process.
     pub fn emitted(&self) {
         self.lock().generation += 1;
-        // notify_all: the maintenance thread waits on this condvar too.
-        self.cond.notify_all();
+        self.cond.notify_one();
     }
 
     pub fn stop(&self) {
         self.lock().stopping = true;
         self.cond.notify_all();
+        self.stop_cond.notify_all();
     }
 
     /// Sleeps up to `timeout`; true if stop was asked.
     fn wait_for_stop(&self, timeout: Duration) -> bool {
         let st = self.lock();
         let (st, _) = self
-            .cond
+            .stop_cond
             .wait_timeout_while(st, timeout, |s| !s.stopping)
             .unwrap_or_else(|e| e.into_inner());
         st.stopping
@@ -77,7 +80,7 @@ impl PumpSignal {
         st.first_done_at.get_or_insert_with(Instant::now);
         st.done.push(c);
         drop(st);
-        self.cond.notify_all();
+        self.cond.notify_one();
     }
 }
 
