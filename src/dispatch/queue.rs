@@ -294,52 +294,58 @@ pub(crate) fn claim_batch(conn: &Connection, limits: &ClaimLimits) -> Result<Vec
 // whenever a value bound to a plain `LIMIT ?n` changes (it plans with the
 // value), which cost more than the claim itself.
 
+/// Wraps a selection of delivery rows in the statement that leases them:
+/// `?1` is now, `?2` the lease end.
+macro_rules! lease {
+    ($select:literal) => {
+        concat!(
+            "UPDATE deliveries
+             SET next_attempt_at = ?2, leased = 1, attempts = attempts + 1, updated_at = ?1
+             WHERE state = 0 AND row_id IN (",
+            $select,
+            ")
+             RETURNING row_id, event_row, endpoint_row, attempts"
+        )
+    };
+}
+
 /// The oldest due delivery of each limited endpoint with a free slot:
 /// failing endpoints when `?5` is true, unproven ones when false.
-const CLAIM_LIMITED_SQL: &str = "
-    UPDATE deliveries
-    SET next_attempt_at = ?2, leased = 1, attempts = attempts + 1, updated_at = ?1
-    WHERE state = 0 AND row_id IN (
-        SELECT (SELECT d.row_id FROM deliveries d INDEXED BY deliveries_due_by_endpoint
-                WHERE d.endpoint_row = e.row_id AND d.state = 0 AND d.next_attempt_at <= ?1
-                ORDER BY d.next_attempt_at, d.row_id LIMIT 1) AS next_row
-        FROM endpoints e INDEXED BY endpoints_limited
-        WHERE e.enabled = 1 AND (e.consecutive_failures > 0 OR e.last_success_at IS NULL)
-          AND (e.consecutive_failures > 0) = ?5
-          AND (SELECT COUNT(*) FROM deliveries x INDEXED BY deliveries_in_flight
-               WHERE x.endpoint_row = e.row_id AND x.state = 0 AND x.leased = 1
-                 AND x.next_attempt_at > ?1) < ?4
-          AND next_row IS NOT NULL
-        ORDER BY next_row
-        LIMIT (SELECT ?3))
-    RETURNING row_id, event_row, endpoint_row, attempts";
+const CLAIM_LIMITED_SQL: &str = lease!(
+    "SELECT (SELECT d.row_id FROM deliveries d INDEXED BY deliveries_due_by_endpoint
+             WHERE d.endpoint_row = e.row_id AND d.state = 0 AND d.next_attempt_at <= ?1
+             ORDER BY d.next_attempt_at, d.row_id LIMIT 1) AS next_row
+     FROM endpoints e INDEXED BY endpoints_limited
+     WHERE e.enabled = 1 AND (e.consecutive_failures > 0 OR e.last_success_at IS NULL)
+       AND (e.consecutive_failures > 0) = ?5
+       AND (SELECT COUNT(*) FROM deliveries x INDEXED BY deliveries_in_flight
+            WHERE x.endpoint_row = e.row_id AND x.state = 0 AND x.leased = 1
+              AND x.next_attempt_at > ?1) < ?4
+       AND next_row IS NOT NULL
+     ORDER BY next_row
+     LIMIT (SELECT ?3)"
+);
 
 /// Due deliveries of healthy endpoints among the oldest due.
-const CLAIM_HEALTHY_SQL: &str = "
-    UPDATE deliveries
-    SET next_attempt_at = ?2, leased = 1, attempts = attempts + 1, updated_at = ?1
-    WHERE state = 0 AND row_id IN (
-        SELECT d.row_id
-        FROM (SELECT row_id, endpoint_row FROM deliveries INDEXED BY deliveries_due
-              WHERE state = 0 AND next_attempt_at <= ?1
-              ORDER BY next_attempt_at, row_id LIMIT (SELECT ?4)) d
-        JOIN endpoints e ON e.row_id = d.endpoint_row
-        WHERE e.enabled = 1 AND e.consecutive_failures = 0 AND e.last_success_at IS NOT NULL
-        LIMIT (SELECT ?3))
-    RETURNING row_id, event_row, endpoint_row, attempts";
+const CLAIM_HEALTHY_SQL: &str = lease!(
+    "SELECT d.row_id
+     FROM (SELECT row_id, endpoint_row FROM deliveries INDEXED BY deliveries_due
+           WHERE state = 0 AND next_attempt_at <= ?1
+           ORDER BY next_attempt_at, row_id LIMIT (SELECT ?4)) d
+     JOIN endpoints e ON e.row_id = d.endpoint_row
+     WHERE e.enabled = 1 AND e.consecutive_failures = 0 AND e.last_success_at IS NOT NULL
+     LIMIT (SELECT ?3)"
+);
 
 /// Due deliveries of healthy endpoints, found endpoint by endpoint.
-const CLAIM_HEALTHY_DEEP_SQL: &str = "
-    UPDATE deliveries
-    SET next_attempt_at = ?2, leased = 1, attempts = attempts + 1, updated_at = ?1
-    WHERE state = 0 AND row_id IN (
-        SELECT d.row_id
-        FROM endpoints e CROSS JOIN deliveries d INDEXED BY deliveries_due_by_endpoint
-        WHERE e.enabled = 1 AND e.consecutive_failures = 0 AND e.last_success_at IS NOT NULL
-          AND d.endpoint_row = e.row_id AND d.state = 0 AND d.next_attempt_at <= ?1
-        ORDER BY d.next_attempt_at, d.row_id
-        LIMIT (SELECT ?3))
-    RETURNING row_id, event_row, endpoint_row, attempts";
+const CLAIM_HEALTHY_DEEP_SQL: &str = lease!(
+    "SELECT d.row_id
+     FROM endpoints e CROSS JOIN deliveries d INDEXED BY deliveries_due_by_endpoint
+     WHERE e.enabled = 1 AND e.consecutive_failures = 0 AND e.last_success_at IS NOT NULL
+       AND d.endpoint_row = e.row_id AND d.state = 0 AND d.next_attempt_at <= ?1
+     ORDER BY d.next_attempt_at, d.row_id
+     LIMIT (SELECT ?3)"
+);
 
 fn claim_rows(
     conn: &Connection,
