@@ -5,6 +5,8 @@
 //! `cargo bench --bench dispatch` runs all; name sections to pick some:
 //! `cargo bench --bench dispatch -- emit delivery e2e latency backlog`.
 
+#[path = "common/mod.rs"]
+mod common;
 #[path = "../tests/common/receiver.rs"]
 mod receiver;
 
@@ -13,51 +15,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{ORG, Setup, TYPE, UNUSED_URL, setup};
 use keyhook::{
     Database, DestinationPolicy, Dispatcher, Durability, EndpointOptions, NewEvent, WebhookRegistry,
 };
 use receiver::{Receiver, Reply};
 
-const ORG: &str = "org_bench";
-const TYPE: &str = "conversion.created";
 static RAW_SEQ: AtomicUsize = AtomicUsize::new(0);
 
 fn data() -> serde_json::Value {
     serde_json::json!({"conversion_id": "cv_123456", "amount_cents": 4900, "currency": "EUR",
         "affiliate": {"id": "af_42", "email": "someone@example.com"}, "status": "pending"})
-}
-
-struct Setup {
-    _dir: tempfile::TempDir,
-    db: Database,
-    registry: WebhookRegistry,
-    path: std::path::PathBuf,
-}
-
-fn setup(durability: Durability, url: &str) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bench.sqlite3");
-    let db = Database::builder()
-        .durability(durability)
-        .open(&path)
-        .unwrap();
-    let registry = WebhookRegistry::builder(&db)
-        .destination_policy(
-            DestinationPolicy::new()
-                .allow_http(true)
-                .allow_loopback(true),
-        )
-        .build();
-    registry.register_event_type(TYPE, "bench").unwrap();
-    registry
-        .create(ORG, url, &[TYPE], EndpointOptions::default())
-        .unwrap();
-    Setup {
-        _dir: dir,
-        db,
-        registry,
-        path,
-    }
 }
 
 fn raw_conn(path: &Path, durability: Durability) -> rusqlite::Connection {
@@ -147,7 +115,7 @@ fn row(what: &str, ours: f64, raw: f64, unit: &str, target: &str) {
 fn bench_emit() {
     println!("\n== emit (durability FULL, one endpoint, WAL)");
     // Emits go to an endpoint nobody delivers to (zero workers).
-    let s = setup(Durability::Full, "http://127.0.0.1:9/unused");
+    let s = setup(Durability::Full, UNUSED_URL);
     let d = Dispatcher::builder(&s.db, &s.registry)
         .workers(0)
         .start()

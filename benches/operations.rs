@@ -9,17 +9,16 @@
 //! large endpoint; the small one has 10,000) and `KEYHOOK_BENCH_PURGE_ROWS`
 //! (default 1,000,000 old deliveries to purge).
 
-use std::path::{Path, PathBuf};
+#[path = "common/mod.rs"]
+mod common;
+
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use keyhook::{
-    Database, DeliveryState, DestinationPolicy, Dispatcher, Durability, EndpointOptions,
-    HistoryQuery, WebhookRegistry,
-};
+use common::{ORG, Setup, TYPE, UNUSED_URL, setup};
+use keyhook::{DeliveryState, Dispatcher, Durability, HistoryQuery};
 
-const ORG: &str = "org_bench";
-const TYPE: &str = "conversion.created";
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
 fn data() -> serde_json::Value {
@@ -60,48 +59,6 @@ fn thousands(n: usize) -> String {
         out.push(c);
     }
     out
-}
-
-struct Setup {
-    _dir: tempfile::TempDir,
-    db: Database,
-    registry: WebhookRegistry,
-    path: PathBuf,
-    endpoint_id: String,
-}
-
-fn setup(durability: Durability) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bench.sqlite3");
-    let db = Database::builder()
-        .durability(durability)
-        .open(&path)
-        .unwrap();
-    let registry = WebhookRegistry::builder(&db)
-        .destination_policy(
-            DestinationPolicy::new()
-                .allow_http(true)
-                .allow_loopback(true),
-        )
-        .build();
-    registry.register_event_type(TYPE, "bench").unwrap();
-    let endpoint_id = registry
-        .create(
-            ORG,
-            "http://127.0.0.1:9/unused",
-            &[TYPE],
-            EndpointOptions::default(),
-        )
-        .unwrap()
-        .endpoint
-        .id;
-    Setup {
-        _dir: dir,
-        db,
-        registry,
-        path,
-        endpoint_id,
-    }
 }
 
 fn dispatcher(s: &Setup) -> Dispatcher {
@@ -245,7 +202,7 @@ struct HistoryDb {
 }
 
 fn history_db(rows: usize) -> HistoryDb {
-    let s = setup(Durability::Normal);
+    let s = setup(Durability::Normal, UNUSED_URL);
     // Created over the last `rows` seconds' worth of 10 ms steps, oldest first.
     let took = fill(
         &s.path,
@@ -372,7 +329,7 @@ fn bench_purge() {
         "\n== purge: emit latency (1 event per call, FULL) while {} old deliveries are purged vs no purge",
         thousands(rows)
     );
-    let s = setup(Durability::Full);
+    let s = setup(Durability::Full, UNUSED_URL);
     let took = fill(
         &s.path,
         &Fill {
