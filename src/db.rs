@@ -240,10 +240,7 @@ impl Database {
         let serialized = self.inner.write_lock.lock();
         self.inner.waiting_writers.fetch_sub(1, Ordering::SeqCst);
         let _serialized = serialized.unwrap_or_else(|e| e.into_inner());
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let value = f(&tx)?;
-        tx.commit()?;
-        Ok(value)
+        immediate(&mut conn, f)
     }
 
     /// Like [`write`](Self::write), for background work (retention): waits
@@ -267,10 +264,7 @@ impl Database {
                 break guard;
             }
         };
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let value = f(&tx)?;
-        tx.commit()?;
-        Ok(value)
+        immediate(&mut conn, f)
     }
 
     /// Runs `f` on a checked-out connection, outside any explicit transaction.
@@ -361,6 +355,14 @@ impl Drop for Conn<'_> {
         drop(idle);
         self.inner.returned.notify_one();
     }
+}
+
+/// Runs `f` in an IMMEDIATE transaction on `conn`, committing if it returns Ok.
+fn immediate<T>(conn: &mut Connection, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let value = f(&tx)?;
+    tx.commit()?;
+    Ok(value)
 }
 
 /// Applies the migrations the database lacks, all in one transaction.

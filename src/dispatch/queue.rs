@@ -24,6 +24,7 @@ pub(crate) const FAILED: i64 = 2;
 
 /// Where and how to send: shared by the deliveries of one endpoint in a batch.
 pub(crate) struct EndpointTarget {
+    pub endpoint_row: i64,
     pub endpoint_id: String,
     pub org: String,
     pub url: String,
@@ -41,12 +42,9 @@ pub(crate) struct Claimed {
     pub delivery_row: i64,
     /// The attempt number (1-based); also the fencing token for completion.
     pub attempt: u32,
-    pub endpoint_row: i64,
     pub event_id: String,
     pub body: Vec<u8>,
     pub target: Arc<EndpointTarget>,
-    /// Copied from the target when claimed, for the pump's slot accounting.
-    pub limited: bool,
     /// When the lease ends (ms); the request must finish before it.
     pub lease_until: i64,
 }
@@ -273,21 +271,38 @@ pub(crate) fn claim_batch(conn: &Connection, limits: &ClaimLimits) -> Result<Vec
                 t
             }
         };
-        let (event_id, body) = conn
-            .prepare_cached("SELECT id, body FROM events WHERE row_id = ?1")?
-            .query_row([event_row], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        out.push(Claimed {
+        out.push(with_event(
+            conn,
             delivery_row,
+            event_row,
             attempt,
-            endpoint_row,
-            event_id,
-            body,
-            limited: target.limited,
             target,
             lease_until,
-        });
+        )?);
     }
     Ok(out)
+}
+
+/// A claimed delivery: its event's id and body, read now, and its endpoint.
+fn with_event(
+    conn: &Connection,
+    delivery_row: i64,
+    event_row: i64,
+    attempt: u32,
+    target: Arc<EndpointTarget>,
+    lease_until: i64,
+) -> Result<Claimed> {
+    let (event_id, body) = conn
+        .prepare_cached("SELECT id, body FROM events WHERE row_id = ?1")?
+        .query_row([event_row], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(Claimed {
+        delivery_row,
+        attempt,
+        event_id,
+        body,
+        target,
+        lease_until,
+    })
 }
 
 // Every `LIMIT (SELECT ?n)` is deliberate: SQLite re-prepares a statement
@@ -364,15 +379,23 @@ pub(crate) fn release(db: &Database, claimed: &[Claimed]) -> Result<()> {
     }
     let now = now_ms();
     db.write(|tx| {
-        let mut stmt = tx.prepare_cached(
-            "UPDATE deliveries SET leased = 0, next_attempt_at = ?3, attempts = attempts - 1
-             WHERE row_id = ?1 AND attempts = ?2 AND state = 0",
-        )?;
         for c in claimed {
-            stmt.execute(params![c.delivery_row, c.attempt, now])?;
+            give_back(tx, c, now)?;
         }
         Ok(())
     })
+}
+
+/// Undoes a claim whose attempt was never made: due now, attempt uncounted.
+/// False if the lease was lost meanwhile.
+fn give_back(tx: &Transaction<'_>, c: &Claimed, now: i64) -> Result<bool> {
+    Ok(tx
+        .prepare_cached(
+            "UPDATE deliveries SET leased = 0, next_attempt_at = ?3, attempts = attempts - 1
+             WHERE row_id = ?1 AND attempts = ?2 AND state = 0",
+        )?
+        .execute(params![c.delivery_row, c.attempt, now])?
+        > 0)
 }
 
 fn load_endpoint(conn: &Connection, endpoint_row: i64, now: i64) -> Result<EndpointTarget> {
@@ -394,6 +417,7 @@ fn load_endpoint(conn: &Connection, endpoint_row: i64, now: i64) -> Result<Endpo
         })?;
     let secrets = active_secrets(conn, endpoint_row, now)?;
     Ok(EndpointTarget {
+        endpoint_row,
         endpoint_id,
         org,
         url,
@@ -421,13 +445,7 @@ fn complete_one(
     let (claimed, response, target) = (&c.claimed, &c.response, &c.claimed.target);
     let mut notices = Vec::new();
     if c.next == Next::NotSent {
-        let applied = tx
-            .prepare_cached(
-                "UPDATE deliveries SET leased = 0, next_attempt_at = ?3, attempts = attempts - 1
-                 WHERE row_id = ?1 AND attempts = ?2 AND state = 0",
-            )?
-            .execute(params![claimed.delivery_row, claimed.attempt, now])?
-            > 0;
+        let applied = give_back(tx, claimed, now)?;
         return Ok(Recorded { applied, notices });
     }
     let (state, next_at) = match c.next {
@@ -477,13 +495,13 @@ fn complete_one(
         c.manual
     ])?;
     if response.is_success() {
-        if claimed.limited {
+        if target.limited {
             // It was failing when claimed: tell the host if this ends that.
             let failing_since: Option<Option<i64>> = tx
                 .prepare_cached(
                     "SELECT failing_since FROM endpoints WHERE row_id = ?1 AND consecutive_failures > 0",
                 )?
-                .query_row([claimed.endpoint_row], |r| r.get(0))
+                .query_row([target.endpoint_row], |r| r.get(0))
                 .optional()?;
             if let Some(since) = failing_since {
                 notices.push(Notice::EndpointRecovered {
@@ -500,14 +518,14 @@ fn complete_one(
              WHERE row_id = ?1 AND (consecutive_failures <> 0 OR last_success_at IS NULL
                  OR last_success_at < ?2 - 1000)",
         )?
-        .execute(params![claimed.endpoint_row, now])?;
+        .execute(params![target.endpoint_row, now])?;
     } else {
         tx.prepare_cached(
             "UPDATE endpoints SET consecutive_failures = consecutive_failures + 1,
                  failing_since = COALESCE(failing_since, ?2)
              WHERE row_id = ?1",
         )?
-        .execute(params![claimed.endpoint_row, started])?;
+        .execute(params![target.endpoint_row, started])?;
         if let Some(after) = policy.auto_disable_after_ms {
             let since: Option<i64> = tx
                 .prepare_cached(
@@ -516,9 +534,7 @@ fn complete_one(
                      WHERE row_id = ?1 AND enabled = 1 AND failing_since <= ?3
                      RETURNING failing_since",
                 )?
-                .query_row(params![claimed.endpoint_row, now, now - after], |r| {
-                    r.get(0)
-                })
+                .query_row(params![target.endpoint_row, now, now - after], |r| r.get(0))
                 .optional()?;
             if let Some(since) = since {
                 notices.push(Notice::EndpointDisabled {
@@ -536,7 +552,7 @@ fn complete_one(
                      disabled_reason = 'the receiver answered 410 Gone'
                  WHERE row_id = ?1 AND enabled = 1",
             )?
-            .execute(params![claimed.endpoint_row, now])?;
+            .execute(params![target.endpoint_row, now])?;
         if changed > 0 {
             notices.push(Notice::EndpointDisabled {
                 org: target.org.clone(),
@@ -578,21 +594,8 @@ pub(crate) fn load_manual(
     let Some((event_row, endpoint_row, attempts)) = row else {
         return Ok(None);
     };
-    let now = now_ms();
-    let target = Arc::new(load_endpoint(conn, endpoint_row, now)?);
-    let (event_id, body) = conn
-        .prepare_cached("SELECT id, body FROM events WHERE row_id = ?1")?
-        .query_row([event_row], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(Some(Claimed {
-        delivery_row,
-        attempt: attempts,
-        endpoint_row,
-        event_id,
-        body,
-        limited: target.limited,
-        target,
-        lease_until: i64::MAX,
-    }))
+    let target = Arc::new(load_endpoint(conn, endpoint_row, now_ms())?);
+    with_event(conn, delivery_row, event_row, attempts, target, i64::MAX).map(Some)
 }
 
 /// Records a manual attempt on its own.

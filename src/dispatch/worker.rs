@@ -174,10 +174,9 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             // Claimable work may exist: after an emit, or when a finished
             // attempt frees a slot at a limited endpoint, proves a new one,
             // or gives a job back.
-            let unlocks = st
-                .done
-                .iter()
-                .any(|c| c.claimed.limited || c.claimed.target.unproven || c.next == Next::NotSent);
+            let unlocks = st.done.iter().any(|c| {
+                c.claimed.target.limited || c.claimed.target.unproven || c.next == Next::NotSent
+            });
             let could_claim = maybe_more || unlocks || st.generation != last_generation;
             // Record now if work should be claimed (the queue is half empty
             // or a worker is idle), or if the oldest finished attempt waited
@@ -210,7 +209,7 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             let queued = shared.jobs.take_all();
             let released = queued.len();
             for c in &queued {
-                limited_in_flight -= usize::from(c.limited);
+                limited_in_flight -= usize::from(c.target.limited);
             }
             if let Err(e) = queue::release(&shared.db, &queued) {
                 log::warn!(
@@ -256,7 +255,7 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
                 backoff = Duration::from_millis(10);
                 for (c, recorded) in done.iter().zip(recorded) {
                     in_flight -= 1;
-                    limited_in_flight -= usize::from(c.claimed.limited);
+                    limited_in_flight -= usize::from(c.claimed.target.limited);
                     report(&shared, c, recorded.applied);
                     shared.notify(&recorded.notices);
                 }
@@ -265,7 +264,7 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
                     maybe_more = false;
                 }
                 in_flight += got;
-                limited_in_flight += claimed.iter().filter(|c| c.limited).count();
+                limited_in_flight += claimed.iter().filter(|c| c.target.limited).count();
                 shared.jobs.push(claimed);
                 if stopping && in_flight == 0 {
                     shared.jobs.close();
@@ -279,7 +278,7 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
                 );
                 for c in &done {
                     in_flight -= 1;
-                    limited_in_flight -= usize::from(c.claimed.limited);
+                    limited_in_flight -= usize::from(c.claimed.target.limited);
                 }
                 if stopping && in_flight == 0 {
                     shared.jobs.close();
