@@ -123,30 +123,17 @@ fn bench_emit() {
     let raw_dir = tempfile::tempdir().unwrap();
     let raw_path = raw_dir.path().join("raw.sqlite3");
     let raw_db = setup_raw(&raw_path);
-    let (mut best_o, mut best_r) = (0f64, 0f64);
-    for _ in 0..3 {
-        best_o = best_o.max(ours_emit(&d, 2000, 1));
-        best_r = best_r.max(raw_emit(&raw_path, Durability::Full, 2000, 1));
+    for (what, n, per_tx) in [
+        ("emit, 1 event per call (events/s)", 2000, 1),
+        ("emit_batch of 100 (events/s)", 20_000, 100),
+    ] {
+        let (mut best_o, mut best_r) = (0f64, 0f64);
+        for _ in 0..3 {
+            best_o = best_o.max(ours_emit(&d, n, per_tx));
+            best_r = best_r.max(raw_emit(&raw_path, Durability::Full, n, per_tx));
+        }
+        row(what, best_o, best_r, "ev/s", ">= 0.5");
     }
-    row(
-        "emit, 1 event per call (events/s)",
-        best_o,
-        best_r,
-        "ev/s",
-        ">= 0.5",
-    );
-    let (mut best_o, mut best_r) = (0f64, 0f64);
-    for _ in 0..3 {
-        best_o = best_o.max(ours_emit(&d, 20_000, 100));
-        best_r = best_r.max(raw_emit(&raw_path, Durability::Full, 20_000, 100));
-    }
-    row(
-        "emit_batch of 100 (events/s)",
-        best_o,
-        best_r,
-        "ev/s",
-        ">= 0.5",
-    );
     drop(raw_db);
 }
 
@@ -422,11 +409,7 @@ fn bench_backlog() {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let want = |name: &str| args.is_empty() || args.iter().any(|a| a == name);
+    let want = common::wanted_sections();
     println!("keyhook dispatch benchmarks (release; ratios are what count on a noisy machine)");
     if want("emit") {
         bench_emit();

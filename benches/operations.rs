@@ -415,11 +415,7 @@ fn bench_purge() {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let want = |name: &str| args.is_empty() || args.iter().any(|a| a == name);
+    let want = common::wanted_sections();
     println!("keyhook operations benchmarks (release; ratios are what count on a noisy machine)");
     if want("history") {
         bench_history();

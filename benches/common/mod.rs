@@ -48,3 +48,13 @@ pub fn setup(durability: Durability, url: &str) -> Setup {
         endpoint_id,
     }
 }
+
+/// The sections named on the command line (`cargo bench --bench X -- a b`);
+/// `want(name)` is true for every section when none is named.
+pub fn wanted_sections() -> impl Fn(&str) -> bool {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    move |name| args.is_empty() || args.iter().any(|a| a == name)
+}

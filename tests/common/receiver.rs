@@ -243,23 +243,8 @@ fn serve(conn: TcpStream, st: Arc<State>) {
 fn read_request(reader: &mut BufReader<TcpStream>, st: &State) -> Option<Received> {
     let mut line = String::new();
     // Wait for the next request on a kept-alive connection, checking for stop.
-    loop {
-        match reader.read_line(&mut line) {
-            Ok(0) => return None,
-            Ok(_) => break,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut =>
-            {
-                if st.stop.load(Ordering::SeqCst) {
-                    return None;
-                }
-                if !line.is_empty() {
-                    continue;
-                }
-            }
-            Err(_) => return None,
-        }
+    if read_line_patiently(reader, &mut line, st)? == 0 {
+        return None;
     }
     let at = Instant::now();
     let mut parts = line.trim_end().splitn(3, ' ');
@@ -287,18 +272,9 @@ fn read_request(reader: &mut BufReader<TcpStream>, st: &State) -> Option<Receive
     let mut body = vec![0u8; content_length];
     let mut filled = 0;
     while filled < content_length {
-        match reader.read(&mut body[filled..]) {
-            Ok(0) => return None,
-            Ok(n) => filled += n,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut =>
-            {
-                if st.stop.load(Ordering::SeqCst) {
-                    return None;
-                }
-            }
-            Err(_) => return None,
+        match patiently(st, || reader.read(&mut body[filled..]))? {
+            0 => return None,
+            n => filled += n,
         }
     }
     Some(Received {
@@ -315,9 +291,15 @@ fn read_line_patiently(
     line: &mut String,
     st: &State,
 ) -> Option<usize> {
+    patiently(st, || reader.read_line(line))
+}
+
+/// Retries `op` through read timeouts (which let the loop notice `stop`);
+/// `None` on stop or any other error.
+fn patiently<T>(st: &State, mut op: impl FnMut() -> std::io::Result<T>) -> Option<T> {
     loop {
-        match reader.read_line(line) {
-            Ok(n) => return Some(n),
+        match op() {
+            Ok(v) => return Some(v),
             Err(e)
                 if e.kind() == std::io::ErrorKind::WouldBlock
                     || e.kind() == std::io::ErrorKind::TimedOut =>
