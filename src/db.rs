@@ -9,10 +9,24 @@
 //! mode lets readers run beside one writer), keeping at most
 //! [`DatabaseBuilder::max_idle_connections`] idle. An in-memory database lives
 //! inside its single connection, so there operations take turns on it.
+//!
+//! # Writes and group commit
+//!
+//! Every write transaction of the process runs on one write connection,
+//! behind a mutex: writers queue there, and the connection's page cache stays
+//! valid (SQLite drops a connection's whole cache whenever another connection
+//! has written). Under [`Durability::Full`] that connection commits with
+//! `synchronous=NORMAL`, and [`Database::sync`] then syncs the WAL file after
+//! the lock is released: the caller returns only once its commit is on disk,
+//! but no writer waits for the disk while holding the lock, and one sync
+//! serves every commit made before it began. The result is what
+//! `synchronous=FULL` promises (a commit is durable when the write returns)
+//! with one sync per group of concurrent writers instead of one per commit.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
@@ -110,14 +124,21 @@ impl DatabaseBuilder {
 /// shares a connection with another. On a file the pool grows on demand
 /// (SQLite in WAL mode lets readers run beside one writer), keeping at most
 /// [`DatabaseBuilder::max_idle_connections`] idle. Write transactions of one
-/// process queue on a mutex (no polling in SQLite's busy handler); other
-/// processes on the same file meet the busy timeout. An in-memory database
-/// lives inside its single connection, so there operations take turns on it.
+/// process share one write connection and queue on a mutex (no polling in
+/// SQLite's busy handler); other processes on the same file meet the busy
+/// timeout. An in-memory database lives inside its single connection, so
+/// there operations take turns on it.
 ///
 /// # Durability
 ///
-/// [`Durability::Full`] (the default) syncs every commit to disk before it
-/// returns: nothing committed is lost even on power loss.
+/// [`Durability::Full`] (the default): every write is on disk before it
+/// returns, so nothing committed is lost even on power loss. keyhook syncs
+/// the WAL itself, after releasing the write lock, so concurrent writers
+/// share one sync (group commit) instead of paying one each inside the
+/// lock. Other connections can see a commit a moment before it is synced;
+/// keyhook's dispatcher syncs before it sends anything it claimed, so a
+/// webhook never goes out for an event that power loss could take back
+/// (a second process on the same file may, within that moment).
 /// [`Durability::Normal`] survives a crash of the process, but the last
 /// commits may be lost if the machine loses power.
 #[derive(Clone)]
@@ -129,11 +150,32 @@ struct Inner {
     target: Target,
     settings: DatabaseBuilder,
     idle: Mutex<Vec<Connection>>,
-    /// Serializes this process's write transactions, so its writers queue on
-    /// a mutex instead of polling SQLite's lock in the busy handler's sleeps.
-    /// Other processes still meet the busy timeout.
-    write_lock: Mutex<()>,
-    /// Writers waiting for `write_lock`; background work yields to them.
+    /// This process's write connection; its mutex serializes the process's
+    /// write transactions, so writers queue on a mutex instead of polling
+    /// SQLite's lock in the busy handler's sleeps (other processes still
+    /// meet the busy timeout). All writes share one connection so that its
+    /// page cache stays valid between them: SQLite drops a connection's
+    /// whole cache whenever another connection has written.
+    writer: Mutex<Writer>,
+    /// Commits made on `writer` so far. Under [`Durability::Full`] it commits
+    /// with `synchronous=NORMAL` and [`Database::sync`] syncs the WAL after
+    /// the write lock is released, so one sync serves every commit made
+    /// before it began, and writers never wait for the disk while holding
+    /// the lock.
+    commits: AtomicU64,
+    /// Every commit up to this count is on disk.
+    synced: AtomicU64,
+    /// The WAL file, opened for syncing; its mutex lets one sync run at a
+    /// time. `None` until first needed, and again after the write
+    /// connection is replaced (the WAL may have been recreated).
+    wal: Mutex<Option<File>>,
+    /// Whether commits need [`Database::sync`]: [`Durability::Full`] on a file.
+    syncs: bool,
+    /// The database file's full path as SQLite resolved it (the WAL is
+    /// this plus `-wal`), so a later change of working directory does not
+    /// matter.
+    main_file: OnceLock<PathBuf>,
+    /// Writers waiting for `writer`; background work yields to them.
     waiting_writers: AtomicUsize,
     /// Signalled when a connection is returned; only waited on for in-memory
     /// databases, whose single connection cannot be duplicated.
@@ -186,17 +228,26 @@ impl Database {
     }
 
     fn from_parts(target: Target, settings: DatabaseBuilder) -> Result<Database> {
+        let syncs = settings.durability == Durability::Full && matches!(target, Target::File(_));
         let db = Database {
             inner: Arc::new(Inner {
                 target,
                 settings,
                 idle: Mutex::new(Vec::new()),
-                write_lock: Mutex::new(()),
+                writer: Mutex::new(Writer { conn: None }),
+                commits: AtomicU64::new(0),
+                synced: AtomicU64::new(0),
+                wal: Mutex::new(None),
+                syncs,
+                main_file: OnceLock::new(),
                 waiting_writers: AtomicUsize::new(0),
                 returned: Condvar::new(),
             }),
         };
         let mut conn = db.inner.connect()?;
+        if let Some(path) = conn.path().filter(|p| !p.is_empty()) {
+            let _ = db.inner.main_file.set(PathBuf::from(path));
+        }
         migrate(&mut conn, db.path())?;
         db.inner.lock_idle().push(conn);
         Ok(db)
@@ -233,14 +284,23 @@ impl Database {
 
     /// Runs `f` in an `IMMEDIATE` transaction (the write lock is taken up
     /// front, so two writers never deadlock on an upgrade) and commits if it
-    /// returns `Ok`; an `Err` rolls everything back.
+    /// returns `Ok`; an `Err` rolls everything back. Under
+    /// [`Durability::Full`] the commit is on disk when this returns.
     pub(crate) fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
-        let mut conn = self.conn()?;
-        self.inner.waiting_writers.fetch_add(1, Ordering::SeqCst);
-        let serialized = self.inner.write_lock.lock();
-        self.inner.waiting_writers.fetch_sub(1, Ordering::SeqCst);
-        let _serialized = serialized.unwrap_or_else(|e| e.into_inner());
-        immediate(&mut conn, f)
+        let (value, commit) = self.commit(Turn::Writer, f)?;
+        self.sync(commit)?;
+        Ok(value)
+    }
+
+    /// Like [`write`](Self::write), but returns as soon as the transaction
+    /// is committed, before it is synced to disk: call [`sync`](Self::sync)
+    /// with the mark before anything relies on it surviving power loss.
+    /// Other connections see the commit at once.
+    pub(crate) fn write_unsynced<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T>,
+    ) -> Result<(T, CommitMark)> {
+        self.commit(Turn::Writer, f)
     }
 
     /// Like [`write`](Self::write), for background work (retention): waits
@@ -250,21 +310,57 @@ impl Database {
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
-        let mut conn = self.conn()?;
-        let _serialized = loop {
-            while self.inner.waiting_writers.load(Ordering::SeqCst) > 0 {
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            let guard = self
-                .inner
-                .write_lock
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if self.inner.waiting_writers.load(Ordering::SeqCst) == 0 {
-                break guard;
-            }
+        let (value, commit) = self.commit(Turn::Background, f)?;
+        self.sync(commit)?;
+        Ok(value)
+    }
+
+    fn commit<T>(
+        &self,
+        turn: Turn,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T>,
+    ) -> Result<(T, CommitMark)> {
+        let inner = &self.inner;
+        if let Target::Memory = inner.target {
+            // One connection, shared with readers: check it out first, as
+            // readers do. Nothing to sync.
+            let mut conn = self.conn()?;
+            let _turn = inner.lock_writer(turn);
+            return Ok((immediate(&mut conn, f)?, CommitMark(0)));
+        }
+        let mut writer = inner.lock_writer(turn);
+        let value = immediate(writer.connection(inner)?, f)?;
+        let mark = inner.commits.fetch_add(1, Ordering::SeqCst) + 1;
+        Ok((value, CommitMark(mark)))
+    }
+
+    /// Makes sure the commit `mark` (and every earlier one) is on disk
+    /// under [`Durability::Full`]: syncs the WAL unless a sync that began
+    /// after that commit has already finished. Concurrent callers share one
+    /// sync (group commit); no lock on the database is held meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the sync fails: the commit stands, but whether it
+    /// would survive power loss is unknown.
+    pub(crate) fn sync(&self, mark: CommitMark) -> Result<()> {
+        let inner = &self.inner;
+        if !inner.syncs || mark.0 <= inner.synced.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut wal = inner.wal.lock().unwrap_or_else(|e| e.into_inner());
+        if mark.0 <= inner.synced.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        // Every commit counted so far has written its WAL frames.
+        let upto = inner.commits.load(Ordering::SeqCst);
+        let file = match &mut *wal {
+            Some(file) => file,
+            slot @ None => slot.insert(inner.open_wal()?),
         };
-        immediate(&mut conn, f)
+        file.sync_data()?;
+        inner.synced.fetch_max(upto, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Runs `f` on a checked-out connection, outside any explicit transaction.
@@ -274,7 +370,90 @@ impl Database {
     }
 }
 
+/// How a write transaction waits for its turn.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    /// Queue on the write lock.
+    Writer,
+    /// Let every other waiting writer go first.
+    Background,
+}
+
+/// A commit of the write connection, to pass to [`Database::sync`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub(crate) struct CommitMark(u64);
+
+/// The write connection of a file database.
+struct Writer {
+    /// Opened on first use; replaced if it was left inside a transaction.
+    conn: Option<Connection>,
+}
+
+impl Writer {
+    /// The write connection, opened if needed.
+    fn connection(&mut self, inner: &Inner) -> Result<&mut Connection> {
+        if self.conn.as_ref().is_some_and(|c| !c.is_autocommit()) {
+            // A panic inside a transaction: start over on a fresh connection.
+            self.conn = None;
+        }
+        match &mut self.conn {
+            Some(conn) => Ok(conn),
+            slot @ None => {
+                let conn = inner.connect()?;
+                if inner.syncs {
+                    // Commits are synced by `Database::sync`, outside the lock.
+                    conn.pragma_update(None, "synchronous", "NORMAL")?;
+                }
+                // The WAL may be a new file now: reopen it for syncing.
+                *inner.wal.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                Ok(slot.insert(conn))
+            }
+        }
+    }
+}
+
 impl Inner {
+    /// Opens the WAL file for syncing, and syncs its directory once so that
+    /// a newly created WAL's name is on disk too.
+    fn open_wal(&self) -> Result<File> {
+        let path = match (self.main_file.get(), &self.target) {
+            (Some(path), _) | (None, Target::File(path)) => path,
+            (None, Target::Memory) => unreachable!("only file databases sync"),
+        };
+        let mut name = path.as_os_str().to_owned();
+        name.push("-wal");
+        let file = File::open(&name)?;
+        if let Some(dir) = path.parent() {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(file)
+    }
+
+    /// Takes this process's write lock, in `turn`.
+    fn lock_writer(&self, turn: Turn) -> MutexGuard<'_, Writer> {
+        let lock = || self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if turn == Turn::Writer {
+            self.waiting_writers.fetch_add(1, Ordering::SeqCst);
+            let guard = lock();
+            self.waiting_writers.fetch_sub(1, Ordering::SeqCst);
+            return guard;
+        }
+        loop {
+            while self.waiting_writers.load(Ordering::SeqCst) > 0 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let guard = lock();
+            if self.waiting_writers.load(Ordering::SeqCst) == 0 {
+                return guard;
+            }
+        }
+    }
+
     fn lock_idle(&self) -> MutexGuard<'_, Vec<Connection>> {
         // A panic while holding this lock cannot leave the Vec inconsistent.
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
@@ -433,6 +612,116 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         assert_eq!(from_ms(to_ms(t)), t);
         assert_eq!(to_ms(UNIX_EPOCH - Duration::from_millis(5)), -5);
+    }
+
+    fn sync_mode(tx: &Transaction<'_>) -> Result<i64> {
+        Ok(tx.pragma_query_value(None, "synchronous", |r| r.get(0))?)
+    }
+
+    fn counts(db: &Database) -> (u64, u64) {
+        (
+            db.inner.commits.load(Ordering::SeqCst),
+            db.inner.synced.load(Ordering::SeqCst),
+        )
+    }
+
+    #[test]
+    fn full_durability_syncs_every_write_before_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path().join("db.sqlite3")).unwrap();
+        // The write connection commits with NORMAL (1); Database::sync
+        // makes each commit durable after the lock is released.
+        assert_eq!(db.write(sync_mode).unwrap(), 1);
+        assert_eq!(counts(&db), (1, 1));
+        db.write_background(sync_mode).unwrap();
+        assert_eq!(counts(&db), (2, 2));
+        // Unsynced: committed and visible, synced only when asked.
+        let ((), mark) = db
+            .write_unsynced(|tx| Ok(tx.execute_batch("CREATE TABLE t (x)")?))
+            .unwrap();
+        assert_eq!(counts(&db), (3, 2));
+        let ((), later) = db
+            .write_unsynced(|tx| Ok(tx.execute_batch("INSERT INTO t VALUES (1)")?))
+            .unwrap();
+        assert!(later > mark);
+        db.sync(mark).unwrap();
+        // One sync covers every commit made before it began.
+        assert_eq!(counts(&db), (4, 4));
+        db.sync(later).unwrap();
+        assert_eq!(counts(&db), (4, 4));
+        // A failed transaction commits nothing and needs no sync.
+        let failed = db.write(|tx| -> Result<()> {
+            tx.execute_batch("INSERT INTO t VALUES (2)")?;
+            Err(Error::invalid("x", "test"))
+        });
+        assert!(failed.is_err());
+        assert_eq!(counts(&db), (4, 4));
+    }
+
+    #[test]
+    fn concurrent_writes_all_end_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path().join("db.sqlite3")).unwrap();
+        db.write(|tx| Ok(tx.execute_batch("CREATE TABLE t (x)")?))
+            .unwrap();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for i in 0..50 {
+                        db.write(|tx| Ok(tx.execute("INSERT INTO t VALUES (?1)", [i])?))
+                            .unwrap();
+                        let (commits, synced) = counts(&db);
+                        assert!(synced <= commits);
+                    }
+                });
+            }
+        });
+        let (commits, synced) = counts(&db);
+        assert_eq!((commits, synced), (201, 201));
+    }
+
+    #[test]
+    fn normal_durability_never_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::builder()
+            .durability(Durability::Normal)
+            .open(dir.path().join("db.sqlite3"))
+            .unwrap();
+        assert_eq!(db.write(sync_mode).unwrap(), 1);
+        assert_eq!(counts(&db), (1, 0));
+    }
+
+    #[test]
+    fn the_wal_is_found_by_absolute_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path().join("db.sqlite3")).unwrap();
+        assert!(db.inner.main_file.get().unwrap().is_absolute());
+        let expected = dir.path().canonicalize().unwrap().join("db.sqlite3");
+        let resolved = db.inner.main_file.get().unwrap().canonicalize().unwrap();
+        assert_eq!(resolved, expected);
+    }
+
+    #[test]
+    fn a_panic_inside_a_write_leaves_the_writer_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path().join("db.sqlite3")).unwrap();
+        db.write(|tx| Ok(tx.execute_batch("CREATE TABLE t (x INTEGER)")?))
+            .unwrap();
+        let db2 = db.clone();
+        let panicked = std::thread::spawn(move || {
+            db2.write(|tx| -> Result<()> {
+                tx.execute_batch("INSERT INTO t VALUES (1)")?;
+                panic!("inside a write");
+            })
+        })
+        .join();
+        assert!(panicked.is_err());
+        // The half-done transaction was rolled back; the next write works.
+        db.write(sync_mode).unwrap();
+        let rows: i64 = db
+            .write(|tx| Ok(tx.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(rows, 0);
     }
 
     #[test]

@@ -113,8 +113,9 @@
 //!   workers never make the same attempt; a process that dies leaves leases
 //!   that simply expire. An emit-only process uses `.workers(0)`.
 //! * Durability: [`Durability::Full`] by default (nothing committed is lost
-//!   on power loss); [`Durability::Normal`] for faster commits that survive a
-//!   process crash but may lose the last ones on power loss.
+//!   on power loss; concurrent writers share one sync of the WAL, made
+//!   outside the write lock); [`Durability::Normal`] for commits that survive
+//!   a process crash but may lose the last ones on power loss.
 //!
 //! # Connections and threads
 //!

@@ -930,3 +930,204 @@ fn response_excerpt_is_truncated() {
     assert_eq!(delivery.attempts[0].response_excerpt, &body[..16]);
     d.shutdown(WAIT).unwrap();
 }
+
+/// Events stored in the database file, counted with plain rusqlite.
+fn stored_events(t: &TempDb) -> i64 {
+    let conn = rusqlite::Connection::open(t.path()).unwrap();
+    conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn concurrent_emits_share_commits_but_fail_alone() {
+    // Concurrent emits are written together by the pump, each in its own
+    // savepoint: a bad one must fail alone and leave nothing behind.
+    let (t, registry) = setup();
+    let rx = Receiver::ok();
+    endpoint(&registry, ORG, &rx.url("/"), &[CREATED]);
+    let d = builder(&t, &registry)
+        .workers(4)
+        .max_body_bytes(300)
+        .start()
+        .unwrap();
+    let big = "x".repeat(400);
+    let results: Vec<(usize, keyhook::Result<String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|thread| {
+                let (d, big) = (&d, &big);
+                s.spawn(move || {
+                    (0..60)
+                        .map(|i| {
+                            let n = thread * 1000 + i;
+                            let result = match n % 3 {
+                                0 => d.emit(ORG, CREATED, &json!({ "n": n })),
+                                1 => d.emit(ORG, "no.such.type", &json!({ "n": n })),
+                                _ => d.emit(ORG, CREATED, &json!({ "n": n, "big": big })),
+                            };
+                            (n, result)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let mut good = HashSet::new();
+    for (n, result) in results {
+        match (n % 3, result) {
+            (0, Ok(id)) => assert!(good.insert(id)),
+            (1, Err(Error::UnknownEventType { name })) => assert_eq!(name, "no.such.type"),
+            (2, Err(Error::PayloadTooLarge { limit: 300, .. })) => {}
+            (kind, other) => panic!("emit {n} (kind {kind}) returned {other:?}"),
+        }
+    }
+    assert_eq!(good.len(), 120);
+    assert!(
+        rx.wait_for(120, Duration::from_secs(60)),
+        "only {} of 120 arrived",
+        rx.count()
+    );
+    std::thread::sleep(SETTLE);
+    let arrived: HashSet<String> = rx
+        .received()
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap().to_owned())
+        .collect();
+    assert_eq!(arrived, good);
+    assert_eq!(rx.count(), 120, "some event arrived twice");
+    assert_eq!(
+        stored_events(&t),
+        120,
+        "a refused emit left an event behind"
+    );
+    d.shutdown(WAIT).unwrap();
+}
+
+#[test]
+fn concurrent_emits_with_one_idempotency_key_store_one_event() {
+    let (t, registry) = setup();
+    let rx = Receiver::ok();
+    endpoint(&registry, ORG, &rx.url("/"), &[CREATED]);
+    let d = builder(&t, &registry).workers(2).start().unwrap();
+    let start = std::sync::Barrier::new(8);
+    let ids: HashSet<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (d, start) = (&d, &start);
+                s.spawn(move || {
+                    start.wait();
+                    let event = NewEvent::new(CREATED, &json!({"order": 77}))
+                        .unwrap()
+                        .idempotency_key("order-77");
+                    d.emit_event(ORG, event).unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(ids.len(), 1, "one key gave several ids: {ids:?}");
+    assert!(rx.wait_for(1, WAIT));
+    std::thread::sleep(SETTLE);
+    assert_eq!(rx.count(), 1);
+    assert_eq!(stored_events(&t), 1);
+    d.shutdown(WAIT).unwrap();
+}
+
+#[test]
+fn emits_racing_a_shutdown_are_all_stored_and_delivered_later() {
+    let (t, registry) = setup();
+    let rx = Receiver::ok();
+    endpoint(&registry, ORG, &rx.url("/"), &[CREATED]);
+    let d = builder(&t, &registry).workers(2).start().unwrap();
+    let stop_after = AtomicUsize::new(0);
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let emitters: Vec<_> = (0..4)
+            .map(|thread| {
+                let (d, stop_after) = (&d, &stop_after);
+                s.spawn(move || {
+                    let mut ids = Vec::new();
+                    for i in 0..150 {
+                        // Every call returns, before, during or after the
+                        // shutdown, and every id it returns is stored.
+                        ids.push(
+                            d.emit(ORG, CREATED, &json!({ "t": thread, "i": i }))
+                                .unwrap(),
+                        );
+                        stop_after.fetch_add(1, Ordering::SeqCst);
+                    }
+                    ids
+                })
+            })
+            .collect();
+        assert!(wait_until(WAIT, || stop_after.load(Ordering::SeqCst) >= 100));
+        d.shutdown(WAIT).unwrap();
+        emitters
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert_eq!(ids.len(), 600);
+    assert_eq!(stored_events(&t), 600);
+    let restarted = builder(&t, &registry).workers(2).start().unwrap();
+    assert!(
+        rx.wait_for(600, Duration::from_secs(60)),
+        "only {} of 600 arrived after restart",
+        rx.count()
+    );
+    let arrived: HashSet<String> = rx
+        .received()
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap().to_owned())
+        .collect();
+    assert_eq!(arrived, ids.into_iter().collect());
+    restarted.shutdown(WAIT).unwrap();
+}
+
+#[test]
+fn a_callback_on_the_dispatcher_thread_may_emit() {
+    // Host callbacks run on the pump thread, which writes emits: an emit
+    // from one must be written directly, not wait for the pump.
+    let (t, registry) = setup();
+    let rx = Receiver::ok();
+    endpoint(&registry, ORG, &rx.url("/"), &[CREATED, PAID]);
+    let slot: Arc<std::sync::OnceLock<std::sync::Weak<Dispatcher>>> = Arc::default();
+    let (sent, followups) = std::sync::mpsc::channel();
+    let hook_slot = Arc::clone(&slot);
+    let sent = Mutex::new(sent);
+    let once = AtomicBool::new(false);
+    let d = Arc::new(
+        builder(&t, &registry)
+            .on_attempt(move |r| {
+                let Some(d) = hook_slot.get().and_then(std::sync::Weak::upgrade) else {
+                    return;
+                };
+                if r.delivered() && !once.swap(true, Ordering::SeqCst) {
+                    let followup = d.emit(ORG, PAID, &json!({ "after": r.event_id }));
+                    let _ = sent.lock().unwrap().send(followup);
+                }
+            })
+            .start()
+            .unwrap(),
+    );
+    slot.set(Arc::downgrade(&d)).unwrap();
+    let first = d.emit(ORG, CREATED, &json!({})).unwrap();
+    let followup = followups
+        .recv_timeout(WAIT)
+        .expect("the callback's emit never returned")
+        .unwrap();
+    assert_ne!(followup, first);
+    assert!(
+        rx.wait_for(2, WAIT),
+        "the follow-up event was not delivered"
+    );
+    let arrived: HashSet<String> = rx
+        .received()
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap().to_owned())
+        .collect();
+    assert!(arrived.contains(&first) && arrived.contains(&followup));
+    d.shutdown(WAIT).unwrap();
+}

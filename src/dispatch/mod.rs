@@ -6,7 +6,7 @@ mod queue;
 mod retry;
 mod worker;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -26,7 +26,7 @@ pub use queue::PurgeReport;
 pub use retry::RetryPolicy;
 
 use queue::{EmitLimits, Next};
-use worker::{Jobs, PumpSignal};
+use worker::{EmitRequest, Jobs, PumpSignal};
 
 /// What happened in one attempt, as told to an observer
 /// ([`DispatcherBuilder::on_attempt`]). Carries ids, never secrets or bodies.
@@ -331,6 +331,13 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    pub fn emit_limits(&self) -> EmitLimits {
+        EmitLimits {
+            max_body: self.config.max_body,
+            first_delay_ms: duration_ms(self.config.retry.first_delay()),
+        }
+    }
+
     pub fn health_policy(&self) -> queue::HealthPolicy {
         queue::HealthPolicy {
             auto_disable_after_ms: self.config.auto_disable_after.map(duration_ms),
@@ -411,15 +418,26 @@ impl Dispatcher {
     }
 
     /// Emits an event: stores it and one delivery per enabled endpoint of
-    /// `org` subscribed to `event_type`, in one transaction, and wakes a
-    /// worker. Returns the event id (the `webhook-id` receivers see). With no
+    /// `org` subscribed to `event_type`, in one transaction, and returns
+    /// once that is on disk (under [`Durability::Full`](crate::Durability)).
+    /// Returns the event id (the `webhook-id` receivers see). With no
     /// subscribed endpoint the event is still recorded.
+    ///
+    /// While the dispatcher runs, its pump thread writes the emit: events
+    /// emitted concurrently share one transaction and one disk sync with the
+    /// pump's own bookkeeping, each in its own savepoint (one caller's bad
+    /// event fails only that caller), and their deliveries are claimed in
+    /// the same transaction, so workers start at once. Without running
+    /// threads (`.workers(0)`, or after [`shutdown`](Self::shutdown)) the
+    /// calling thread writes it.
     ///
     /// # Errors
     ///
     /// [`Error::UnknownEventType`] if the type is not in the catalogue;
     /// [`Error::PayloadTooLarge`] over the size limit; [`Error::Serialize`]
     /// if `data` is not JSON-serializable; nothing is stored then.
+    /// [`Error::Io`] if the commit could not be synced to disk: it stands,
+    /// but might not survive power loss.
     pub fn emit(
         &self,
         org: &str,
@@ -446,15 +464,52 @@ impl Dispatcher {
     /// As [`emit_event`](Self::emit_event), for the first bad event.
     pub fn emit_batch(&self, org: &str, events: Vec<NewEvent>) -> Result<Vec<String>> {
         self.check_events(org, &events)?;
-        let limits = self.emit_limits();
+        let emitted = if worker::on_pump_thread() {
+            // A host callback running on a pump must not wait for a pump.
+            self.write_events(org, &events)?
+        } else {
+            self.emit_through_pump(org, events)?
+        };
+        Ok(emitted.into_iter().map(|e| e.id).collect())
+    }
+
+    /// While the pump runs it commits emits together with its own step (one
+    /// commit, and the new deliveries are claimed in it). If it does not
+    /// run, or stops before committing this request, the events are written
+    /// here.
+    fn emit_through_pump(&self, org: &str, events: Vec<NewEvent>) -> Result<Vec<queue::Emitted>> {
+        let events = Arc::new(events);
+        let (reply, result) = mpsc::sync_channel(1);
+        let request = EmitRequest {
+            org: org.to_owned(),
+            events: Arc::clone(&events),
+            reply,
+        };
+        if self.shared.pump.submit(request).is_err() {
+            return self.write_events(org, &events);
+        }
+        match result.recv() {
+            Ok(committed) => {
+                let (emitted, commit) = committed?;
+                // On disk before the caller hears of it.
+                self.shared.db.sync(commit)?;
+                Ok(emitted)
+            }
+            Err(mpsc::RecvError) => self.write_events(org, &events),
+        }
+    }
+
+    /// Stores events in a transaction of their own and wakes the pump.
+    fn write_events(&self, org: &str, events: &[NewEvent]) -> Result<Vec<queue::Emitted>> {
+        let limits = self.shared.emit_limits();
         let emitted = self
             .shared
             .db
-            .write(|tx| queue::insert_events(tx, org, &events, &limits))?;
+            .write(|tx| queue::insert_events(tx, org, events, &limits))?;
         if emitted.iter().any(|e| e.deliveries > 0) {
             self.shared.pump.emitted();
         }
-        Ok(emitted.into_iter().map(|e| e.id).collect())
+        Ok(emitted)
     }
 
     /// Emits events inside the host's own transaction on the same SQLite
@@ -476,18 +531,10 @@ impl Dispatcher {
         events: Vec<NewEvent>,
     ) -> Result<Vec<String>> {
         self.check_events(org, &events)?;
-        let limits = self.emit_limits();
-        tx.execute_batch("SAVEPOINT keyhook_emit")?;
-        match queue::insert_events(tx, org, &events, &limits) {
-            Ok(emitted) => {
-                tx.execute_batch("RELEASE keyhook_emit")?;
-                Ok(emitted.into_iter().map(|e| e.id).collect())
-            }
-            Err(e) => {
-                tx.execute_batch("ROLLBACK TO keyhook_emit; RELEASE keyhook_emit")?;
-                Err(e)
-            }
-        }
+        let limits = self.shared.emit_limits();
+        let emitted =
+            queue::in_savepoint(tx, |tx| queue::insert_events(tx, org, &events, &limits))??;
+        Ok(emitted.into_iter().map(|e| e.id).collect())
     }
 
     /// Tells the workers that new work was committed outside
@@ -659,13 +706,6 @@ impl Dispatcher {
             }
         }
         Ok(())
-    }
-
-    fn emit_limits(&self) -> EmitLimits {
-        EmitLimits {
-            max_body: self.shared.config.max_body,
-            first_delay_ms: duration_ms(self.shared.config.retry.first_delay()),
-        }
     }
 
     /// Stops claiming work, lets attempts in flight finish within `timeout`,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use crate::db::{Database, from_ms, now_ms};
+use crate::db::{CommitMark, Database, from_ms, now_ms};
 use crate::error::{Error, Result};
 use crate::event::{NewEvent, envelope};
 use crate::id::new_id;
@@ -47,6 +47,9 @@ pub(crate) struct Claimed {
     pub target: Arc<EndpointTarget>,
     /// When the lease ends (ms); the request must finish before it.
     pub lease_until: i64,
+    /// The commit that claimed it: synced before the attempt is sent, so
+    /// nothing is sent that power loss could take back.
+    pub commit: CommitMark,
 }
 
 /// How an attempt ended, for the delivery row.
@@ -159,23 +162,78 @@ pub(crate) struct ClaimLimits {
     pub lease_ms: i64,
 }
 
-/// One step of the dispatcher, in one transaction (one commit, one fsync):
-/// record finished attempts, then claim new work.
+/// What one step of the dispatcher did.
+pub(crate) struct Stepped {
+    /// Per emit request, in order: its events, or why it stored nothing.
+    pub emitted: Vec<Result<Vec<Emitted>>>,
+    /// Per finished attempt, in order.
+    pub recorded: Vec<Recorded>,
+    pub claimed: Vec<Claimed>,
+    /// The step's commit: sync it before relying on it.
+    pub commit: CommitMark,
+}
+
+/// One step of the dispatcher, in one transaction (one commit): store the
+/// emits handed to the pump, each in its own savepoint so a bad one fails
+/// alone; record finished attempts; claim new work, including what was
+/// just emitted.
+///
+/// The commit is not synced to disk here: emitters sync it before their
+/// emit returns, and workers before they send what it claimed (see
+/// [`Database::sync`]). Attempt records are synced by whichever sync comes
+/// next; if power is lost first, those attempts are simply made again (at
+/// least once, never lost).
 pub(crate) fn step(
     db: &Database,
+    emits: &[(&str, &[NewEvent])],
+    emit_limits: &EmitLimits,
     done: &[Completion],
     limits: &ClaimLimits,
     policy: &HealthPolicy,
-) -> Result<(Vec<Recorded>, Vec<Claimed>)> {
-    db.write(|tx| {
+) -> Result<Stepped> {
+    let run = |tx: &Transaction<'_>| {
+        let emitted = emits
+            .iter()
+            .map(|(org, events)| in_savepoint(tx, |tx| insert_events(tx, org, events, emit_limits)))
+            .collect::<Result<Vec<_>>>()?;
         let now = now_ms();
         let recorded = done
             .iter()
             .map(|c| complete_one(tx, c, now, policy))
             .collect::<Result<Vec<_>>>()?;
         let claimed = claim_batch(tx, limits)?;
-        Ok((recorded, claimed))
+        Ok((emitted, recorded, claimed))
+    };
+    let ((emitted, recorded, mut claimed), commit) = db.write_unsynced(run)?;
+    for c in &mut claimed {
+        c.commit = commit;
+    }
+    Ok(Stepped {
+        emitted,
+        recorded,
+        claimed,
+        commit,
     })
+}
+
+/// Runs `f` inside a savepoint of `tx`: if it fails, what it wrote is
+/// rolled back and the rest of `tx` stands. The outer `Result` is for the
+/// savepoint statements themselves.
+pub(crate) fn in_savepoint<T>(
+    tx: &Transaction<'_>,
+    f: impl FnOnce(&Transaction<'_>) -> Result<T>,
+) -> Result<Result<T>> {
+    let run = |sql: &str| -> Result<()> {
+        tx.prepare_cached(sql)?.execute([])?;
+        Ok(())
+    };
+    run("SAVEPOINT keyhook_emit")?;
+    let result = f(tx);
+    if result.is_err() {
+        run("ROLLBACK TO keyhook_emit")?;
+    }
+    run("RELEASE keyhook_emit")?;
+    Ok(result)
 }
 
 /// When an endpoint is disabled for failing.
@@ -302,6 +360,7 @@ fn with_event(
         body,
         target,
         lease_until,
+        commit: CommitMark::default(),
     })
 }
 

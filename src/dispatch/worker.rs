@@ -1,22 +1,28 @@
 //! The dispatcher's threads.
 //!
 //! One *pump* thread owns the database side: in one transaction per step it
-//! records finished attempts and claims new work, so workers in one process
-//! never contend for SQLite's write lock and commits are shared. *Workers*
+//! stores the events emitted meanwhile, records finished attempts and claims
+//! new work, so workers in one process never contend for SQLite's write
+//! lock, and one commit serves many emits and attempts (its sync to disk is
+//! made after the lock is released, by the first emitter or worker that
+//! needs it, and serves every commit before it). *Workers*
 //! only sign and send: they take claimed deliveries from a queue and hand the
 //! outcome back to the pump.
 
 use std::collections::VecDeque;
+use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use crate::db::{duration_ms, now_ms};
+use crate::db::{CommitMark, duration_ms, now_ms};
+use crate::error::Result;
+use crate::event::NewEvent;
 use crate::signing::sign;
 
 use super::http::{self, Request, Response, redacted_target};
-use super::queue::{self, ClaimLimits, Claimed, Completion, Next};
+use super::queue::{self, ClaimLimits, Claimed, Completion, Emitted, Next, Stepped};
 use super::retry::parse_retry_after;
 use super::{AttemptReport, Shared};
 
@@ -42,6 +48,10 @@ pub(crate) struct PumpSignal {
 pub(crate) struct PumpState {
     /// Bumped by every emit in this process.
     generation: u64,
+    /// Emits waiting for the pump's next step to commit them.
+    emits: Vec<EmitRequest>,
+    /// Whether the pump takes emits: it runs and has not been asked to stop.
+    accepting: bool,
     done: Vec<Completion>,
     /// When the oldest entry of `done` arrived.
     first_done_at: Option<Instant>,
@@ -59,8 +69,32 @@ impl PumpSignal {
         self.cond.notify_one();
     }
 
+    /// Hands `request` to the pump's next step; gives it back if the pump
+    /// does not run (the caller then writes it itself).
+    pub fn submit(&self, request: EmitRequest) -> std::result::Result<(), EmitRequest> {
+        let mut st = self.lock();
+        if !st.accepting {
+            return Err(request);
+        }
+        st.emits.push(request);
+        st.generation += 1;
+        drop(st);
+        self.cond.notify_one();
+        Ok(())
+    }
+
+    /// Opens the pump to emits until the guard is dropped.
+    fn accept(&self) -> Accepting<'_> {
+        let mut st = self.lock();
+        st.accepting = !st.stopping;
+        Accepting(self)
+    }
+
     pub fn stop(&self) {
-        self.lock().stopping = true;
+        let mut st = self.lock();
+        st.stopping = true;
+        st.accepting = false;
+        drop(st);
         self.cond.notify_all();
         self.stop_cond.notify_all();
     }
@@ -81,6 +115,47 @@ impl PumpSignal {
         st.done.push(c);
         drop(st);
         self.cond.notify_one();
+    }
+}
+
+/// Events an emit hands to the pump, and where the outcome goes.
+pub(crate) struct EmitRequest {
+    pub org: String,
+    /// Shared with the caller, which writes them itself if the pump stops
+    /// before committing them.
+    pub events: Arc<Vec<NewEvent>>,
+    /// The outcome, and the commit to sync before the emit returns.
+    pub reply: SyncSender<EmitReply>,
+}
+
+/// What the pump answers an emit: its events, and the commit to sync before
+/// the emit returns.
+pub(crate) type EmitReply = Result<(Vec<Emitted>, CommitMark)>;
+
+thread_local! {
+    /// True on pump threads, where host callbacks run: an emit from there
+    /// must not wait for a pump.
+    static ON_PUMP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is a dispatcher's pump (running a host
+/// callback such as an observer or notice hook).
+pub(crate) fn on_pump_thread() -> bool {
+    ON_PUMP.with(|p| p.get())
+}
+
+/// Keeps the pump open to emits; when the pump exits (or panics), closes it
+/// and drops the requests it will not commit, so their callers (seeing the
+/// reply channel closed) write them themselves.
+struct Accepting<'a>(&'a PumpSignal);
+
+impl Drop for Accepting<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.accepting = false;
+        let left = std::mem::take(&mut st.emits);
+        drop(st);
+        drop(left);
     }
 }
 
@@ -142,6 +217,13 @@ pub(crate) fn run_worker(shared: Arc<Shared>) {
             });
             continue;
         }
+        // What claimed it must be on disk before anything is sent.
+        if let Err(e) = shared.db.sync(claimed.commit) {
+            log::error!(
+                "keyhook: could not sync the database before sending {}: {e}",
+                claimed.event_id
+            );
+        }
         let response = deliver(&shared, &claimed);
         let next = decide(&shared, &claimed, &response);
         shared.pump.finished(Completion {
@@ -166,8 +248,11 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
     let mut maybe_more = true;
     let mut last_generation = u64::MAX;
     let policy = shared.health_policy();
+    let emit_limits = shared.emit_limits();
+    ON_PUMP.with(|p| p.set(true));
+    let _accepting = shared.pump.accept();
     loop {
-        let (done, stopping, generation) = {
+        let (done, emits, stopping, generation) = {
             let mut st = shared.pump.lock();
             let waiting = st.done.len();
             let busy = in_flight - waiting;
@@ -185,7 +270,13 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             let due = st
                 .first_done_at
                 .is_some_and(|t| t.elapsed() >= RECORD_DELAY);
-            if waiting > 0 && !st.stopping && !refill && !due && waiting < capacity / 2 {
+            if waiting > 0
+                && st.emits.is_empty()
+                && !st.stopping
+                && !refill
+                && !due
+                && waiting < capacity / 2
+            {
                 let deadline = st
                     .first_done_at
                     .map_or(RECORD_DELAY, |t| RECORD_DELAY.saturating_sub(t.elapsed()));
@@ -199,7 +290,12 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
                 maybe_more = true;
             }
             st.first_done_at = None;
-            (std::mem::take(&mut st.done), st.stopping, st.generation)
+            (
+                std::mem::take(&mut st.done),
+                std::mem::take(&mut st.emits),
+                st.stopping,
+                st.generation,
+            )
         };
         if generation != last_generation {
             maybe_more = true;
@@ -231,7 +327,7 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             per_endpoint: shared.config.limited_in_flight,
             lease_ms: shared.lease_ms,
         };
-        if stopping && done.is_empty() {
+        if stopping && done.is_empty() && emits.is_empty() {
             if in_flight == 0 {
                 shared.jobs.close();
                 return;
@@ -239,7 +335,7 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             wait(&shared, generation, shared.config.poll_interval);
             continue;
         }
-        if done.is_empty() && limits.max == 0 {
+        if done.is_empty() && emits.is_empty() && limits.max == 0 {
             let idle = if in_flight < capacity && !maybe_more {
                 idle_wait(&shared)
             } else {
@@ -250,8 +346,23 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             }
             continue;
         }
-        match queue::step(&shared.db, &done, &limits, &policy) {
-            Ok((recorded, claimed)) => {
+        let batch: Vec<(&str, &[NewEvent])> = emits
+            .iter()
+            .map(|r| (r.org.as_str(), r.events.as_slice()))
+            .collect();
+        match queue::step(&shared.db, &batch, &emit_limits, &done, &limits, &policy) {
+            Ok(Stepped {
+                emitted,
+                recorded,
+                claimed,
+                commit,
+            }) => {
+                // Callers first: nothing may stand between the commit and
+                // their replies (a caller whose reply never comes writes its
+                // events again).
+                for (request, emitted) in emits.iter().zip(emitted) {
+                    let _ = request.reply.send(emitted.map(|e| (e, commit)));
+                }
                 backoff = Duration::from_millis(10);
                 for (c, recorded) in done.iter().zip(recorded) {
                     in_flight -= 1;
@@ -276,6 +387,18 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
                     "keyhook: dispatcher step failed: {e}; {} finished attempt(s) not recorded will be retried when their leases end",
                     done.len()
                 );
+                // Each emit on its own, so every caller gets its own outcome.
+                for request in &emits {
+                    let emitted = shared.db.write(|tx| {
+                        queue::insert_events(tx, &request.org, &request.events, &emit_limits)
+                    });
+                    let _ = request
+                        .reply
+                        .send(emitted.map(|e| (e, CommitMark::default())));
+                }
+                if !emits.is_empty() {
+                    maybe_more = true;
+                }
                 for c in &done {
                     in_flight -= 1;
                     limited_in_flight -= usize::from(c.claimed.target.limited);
@@ -444,5 +567,53 @@ pub(crate) fn run_maintenance(shared: Arc<Shared>) {
             Ok(_) => {}
             Err(e) => log::error!("keyhook: retention purge failed: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    fn request() -> (EmitRequest, mpsc::Receiver<EmitReply>) {
+        let (reply, result) = mpsc::sync_channel(1);
+        let request = EmitRequest {
+            org: "org_1".into(),
+            events: Arc::new(Vec::new()),
+            reply,
+        };
+        (request, result)
+    }
+
+    #[test]
+    fn emits_go_to_the_pump_only_while_it_accepts() {
+        let pump = PumpSignal::default();
+        // Not started: the caller writes its events itself.
+        assert!(pump.submit(request().0).is_err());
+
+        let accepting = pump.accept();
+        let (queued, result) = request();
+        assert!(pump.submit(queued).is_ok());
+        assert_eq!(pump.lock().emits.len(), 1);
+        // The pump exits (or panics) without committing it: the request is
+        // dropped, so its caller sees the channel closed and writes itself.
+        drop(accepting);
+        assert!(matches!(result.recv(), Err(mpsc::RecvError)));
+        assert!(pump.lock().emits.is_empty());
+        assert!(pump.submit(request().0).is_err());
+    }
+
+    #[test]
+    fn stop_closes_the_pump_to_emits() {
+        let pump = PumpSignal::default();
+        let _accepting = pump.accept();
+        assert!(pump.submit(request().0).is_ok());
+        pump.stop();
+        assert!(pump.submit(request().0).is_err());
+        // A pump that starts after stop was asked never accepts.
+        let late = PumpSignal::default();
+        late.stop();
+        let _accepting = late.accept();
+        assert!(late.submit(request().0).is_err());
     }
 }
