@@ -83,7 +83,8 @@
 //! immediately, then after 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h and
 //! 24 h (ten attempts over about three days), each wait varied by ±20%.
 //! 429, 502, 503, 504 and timeouts wait at least a minute, and a
-//! `Retry-After` is honoured between the scheduled wait and twice it. After
+//! `Retry-After` (delta-seconds or an HTTP-date, up to a day ahead) is
+//! honoured between the scheduled wait and twice it. After
 //! the last attempt the delivery is marked failed and stays in the history.
 //!
 //! # Security model

@@ -9,10 +9,11 @@ mod receiver;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::{
-    TempDb, builder, endpoint, loopback_setup, schedule, unix_now, verify_signed, wait_until,
+    TempDb, builder, endpoint, http_date, loopback_setup, schedule, unix_now, verify_signed,
+    wait_until,
 };
 use keyhook::signing::VerifyError;
 use keyhook::{
@@ -351,6 +352,41 @@ fn retry_after_is_honoured() {
     assert!(
         gap >= Duration::from_millis(1800),
         "second attempt came {gap:?} after the first; Retry-After asked for 2 s"
+    );
+    d.shutdown(WAIT).unwrap();
+}
+
+#[test]
+fn retry_after_as_an_http_date_is_honoured() {
+    let (t, registry) = setup();
+    let n = AtomicUsize::new(0);
+    // The date names a whole second 3 to 4 s ahead; the schedule's 1 s wait
+    // may stretch to 2 s for it.
+    let rx = Receiver::start(move |_| match n.fetch_add(1, Ordering::SeqCst) {
+        0 => Reply::status(503).header(
+            "retry-after",
+            &http_date(SystemTime::now() + Duration::from_secs(4)),
+        ),
+        _ => Reply::status(204),
+    });
+    let ep = endpoint(&registry, ORG, &rx.url("/"), &[CREATED]);
+    let d = builder(&t, &registry)
+        .retry_policy(
+            RetryPolicy::new(vec![Duration::ZERO, Duration::from_secs(1)])
+                .jitter(0.0)
+                .throttle_delay(Duration::from_millis(100)),
+        )
+        .start()
+        .unwrap();
+    d.emit(ORG, CREATED, &json!({"n": 1})).unwrap();
+    let delivery = wait_settled(&d, ORG, &ep.endpoint.id);
+    assert_eq!(delivery.state, DeliveryState::Delivered);
+    assert_eq!(statuses(&delivery), [Some(503), Some(204)]);
+    let got = rx.received();
+    let gap = got[1].at - got[0].at;
+    assert!(
+        gap >= Duration::from_millis(1800),
+        "second attempt came {gap:?} after the first; Retry-After asked for 3 s or more, capped at 2 s"
     );
     d.shutdown(WAIT).unwrap();
 }

@@ -474,7 +474,10 @@ fn decide(shared: &Shared, claimed: &Claimed, response: &Response) -> Next {
     if response.is_gone() {
         return Next::Gone;
     }
-    let retry_after = response.retry_after.as_deref().and_then(parse_retry_after);
+    let retry_after = response
+        .retry_after
+        .as_deref()
+        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
     let unit: f64 = rand::rng().random();
     match shared.config.retry.next_delay(
         claimed.attempt,
