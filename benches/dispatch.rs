@@ -190,18 +190,32 @@ fn raw_http(url: &str, body: &[u8], n: usize, threads: usize) -> f64 {
 fn bench_delivery() {
     println!("\n== delivery throughput, 4 workers, receiver answers 204");
     let rx = Receiver::counting(|_| Reply::status(204));
-    let url = rx.url("/hook");
+    let by_ip = rx.url("/hook");
+    // ureq resolves a name before every request (a thread per lookup when a
+    // timeout is set), and so does the raw loop; keyhook caches answers.
+    let by_name = by_ip.replace("127.0.0.1", "localhost");
+    for (what, url) in [
+        ("deliveries/s, endpoint by IP address", by_ip),
+        ("deliveries/s, endpoint by name (localhost)", by_name),
+    ] {
+        let (ours, raw) = delivery_rates(&rx, &url);
+        row(what, ours, raw, "req/s", ">= 0.8");
+    }
+}
+
+/// Best of two rounds: 4 workers draining 4,000 emitted deliveries (claim,
+/// sign, POST, record) vs a raw ureq loop with 4 threads.
+fn delivery_rates(rx: &Receiver, url: &str) -> (f64, f64) {
     let n = 4000;
     let mut best_o = 0f64;
     let mut best_r = 0f64;
     for _ in 0..2 {
-        let s = setup(bench_durability(), &url);
+        let s = setup(bench_durability(), url);
         let filler = Dispatcher::builder(&s.db, &s.registry)
             .workers(0)
             .start()
             .unwrap();
-        for chunk in 0..(n / 100) {
-            let _ = chunk;
+        for _ in 0..(n / 100) {
             let batch = (0..100)
                 .map(|_| NewEvent::new(TYPE, &data()).unwrap())
                 .collect();
@@ -221,16 +235,9 @@ fn bench_delivery() {
         d.shutdown(Duration::from_secs(10)).unwrap();
         best_o = best_o.max(rate);
         let body = keyhook_body();
-        best_r = best_r.max(raw_http(&url, &body, n, 4));
-        let _ = s.path;
+        best_r = best_r.max(raw_http(url, &body, n, 4));
     }
-    row(
-        "deliveries/s (ours: claim+sign+POST+record)",
-        best_o,
-        best_r,
-        "req/s",
-        ">= 0.8",
-    );
+    (best_o, best_r)
 }
 
 fn keyhook_body() -> Vec<u8> {

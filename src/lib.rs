@@ -100,8 +100,9 @@
 //! * Destinations: endpoint URLs must be `https` and public. Private,
 //!   loopback, link-local, CGNAT, multicast and cloud-metadata addresses are
 //!   refused at registration, and again on every resolved address at connect
-//!   time (so DNS rebinding does not work), unless the host allows them
-//!   ([`DestinationPolicy`]). Redirects are never followed.
+//!   time (so DNS rebinding does not work; a host's checked addresses are
+//!   reused for 30 s, then resolved and checked again), unless the host
+//!   allows them ([`DestinationPolicy`]). Redirects are never followed.
 //!
 //! # Operating it
 //!

@@ -1,7 +1,9 @@
 //! The shared HTTP agent, request building, and outcome classification.
 
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ureq::Agent;
@@ -135,21 +137,77 @@ pub(crate) fn agent(policy: DestinationPolicy, timeout: Duration, pool_per_host:
     Agent::with_parts(
         config,
         DefaultConnector::new(),
-        PolicyResolver {
-            policy,
-            inner: DefaultResolver::default(),
-        },
+        PolicyResolver::new(policy, DefaultResolver::default()),
     )
 }
 
-/// Resolves names as usual, then drops every address the policy refuses.
+/// How long resolved, allowed addresses of a host are reused. ureq resolves
+/// before every request, even one that reuses a pooled connection, and its
+/// resolver starts a thread per lookup when a timeout is set: without a
+/// cache a named endpoint pays a thread and a DNS query per delivery.
+const DNS_CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// Hosts kept in the cache at most; past that, expired entries go, and if
+/// none has expired the cache starts over.
+const DNS_CACHE_MAX: usize = 1024;
+
+/// Resolves names as usual, then drops every address the policy refuses;
+/// allowed answers are reused for [`DNS_CACHE_TTL`]. Only addresses that
+/// passed the policy are cached, so a cached answer is as safe as a fresh
+/// one (DNS rebinding gains nothing: a name keeps its checked addresses
+/// until the entry expires, then is resolved and checked again). Failures
+/// and refusals are not cached.
 #[derive(Debug)]
-struct PolicyResolver {
+struct PolicyResolver<R = DefaultResolver> {
     policy: DestinationPolicy,
-    inner: DefaultResolver,
+    inner: R,
+    ttl: Duration,
+    cache: Mutex<HashMap<HostPort, Cached>>,
 }
 
-impl Resolver for PolicyResolver {
+/// A host name (lowercased) and port.
+type HostPort = (String, u16);
+
+/// Allowed addresses, and when they expire.
+type Cached = (Instant, Vec<SocketAddr>);
+
+impl<R: Resolver> PolicyResolver<R> {
+    fn new(policy: DestinationPolicy, inner: R) -> Self {
+        PolicyResolver {
+            policy,
+            inner,
+            ttl: DNS_CACHE_TTL,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cached(&self, key: &HostPort) -> Option<ResolvedSocketAddrs> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let (expires, addrs) = cache.get(key)?;
+        if *expires <= Instant::now() {
+            return None;
+        }
+        let mut out = self.empty();
+        for a in addrs {
+            out.push(*a);
+        }
+        Some(out)
+    }
+
+    fn remember(&self, key: HostPort, addrs: &ResolvedSocketAddrs) {
+        let now = Instant::now();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= DNS_CACHE_MAX && !cache.contains_key(&key) {
+            cache.retain(|_, (expires, _)| *expires > now);
+            if cache.len() >= DNS_CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (now + self.ttl, addrs.iter().copied().collect()));
+    }
+}
+
+impl<R: Resolver> Resolver for PolicyResolver<R> {
     fn resolve(
         &self,
         uri: &Uri,
@@ -171,6 +229,10 @@ impl Resolver for PolicyResolver {
                 ))),
             };
         }
+        let key = cache_key(uri);
+        if let Some(hit) = key.as_ref().and_then(|k| self.cached(k)) {
+            return Ok(hit);
+        }
         let resolved = self.inner.resolve(uri, config, timeout)?;
         let mut allowed = self.empty();
         let mut refusal: Option<Refusal> = None;
@@ -186,9 +248,28 @@ impl Resolver for PolicyResolver {
                 r,
             ))),
             (true, None) => Err(ureq::Error::HostNotFound),
-            _ => Ok(allowed),
+            _ => {
+                if let Some(key) = key {
+                    self.remember(key, &allowed);
+                }
+                Ok(allowed)
+            }
         }
     }
+}
+
+/// The host (lowercased) and port a URI connects to.
+fn cache_key(uri: &Uri) -> Option<HostPort> {
+    Some((uri.authority()?.host().to_ascii_lowercase(), port(uri)?))
+}
+
+/// The port a URI connects to: its own, or its scheme's.
+fn port(uri: &Uri) -> Option<u16> {
+    uri.authority()?.port_u16().or(match uri.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    })
 }
 
 /// The socket address of a URI whose host is an IP literal.
@@ -200,12 +281,7 @@ fn literal_addr(uri: &Uri) -> Option<SocketAddr> {
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
     let ip: IpAddr = host.parse().ok()?;
-    let port = authority.port_u16().or(match uri.scheme_str() {
-        Some("https") => Some(443),
-        Some("http") => Some(80),
-        _ => None,
-    })?;
-    Some(SocketAddr::new(ip, port))
+    Some(SocketAddr::new(ip, port(uri)?))
 }
 
 /// Sends one request and classifies the result. Never panics on the
@@ -307,6 +383,7 @@ pub(crate) fn redacted_target(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn outcome_classes() {
@@ -353,6 +430,124 @@ mod tests {
             Some("93.184.216.34:80".parse().unwrap())
         );
         assert_eq!(addr("https://example.com/"), None);
+    }
+
+    /// A resolver answering whatever it was last told, counting lookups.
+    #[derive(Debug, Default)]
+    struct Fake {
+        answer: Mutex<Vec<SocketAddr>>,
+        lookups: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Fake {
+        fn answer(&self, addrs: &[&str]) {
+            *self.answer.lock().unwrap() = addrs.iter().map(|a| a.parse().unwrap()).collect();
+        }
+    }
+
+    /// The fake as the policy resolver holds it.
+    #[derive(Debug)]
+    struct Handle(Arc<Fake>);
+
+    impl Resolver for Handle {
+        fn resolve(
+            &self,
+            _uri: &Uri,
+            _config: &Config,
+            _timeout: NextTimeout,
+        ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+            self.0
+                .lookups
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut out = self.empty();
+            for a in self.0.answer.lock().unwrap().iter() {
+                out.push(*a);
+            }
+            if out.is_empty() {
+                return Err(ureq::Error::HostNotFound);
+            }
+            Ok(out)
+        }
+    }
+
+    fn resolver(ttl: Duration) -> (PolicyResolver<Handle>, Arc<Fake>) {
+        let fake = Arc::new(Fake::default());
+        let mut r = PolicyResolver::new(DestinationPolicy::new(), Handle(Arc::clone(&fake)));
+        r.ttl = ttl;
+        (r, fake)
+    }
+
+    fn resolve(r: &PolicyResolver<Handle>, url: &str) -> Result<Vec<SocketAddr>, ureq::Error> {
+        let config = Agent::config_builder().build();
+        r.resolve(&url.parse().unwrap(), &config, NextTimeout::default())
+            .map(|a| a.iter().copied().collect())
+    }
+
+    fn lookups(fake: &Fake) -> usize {
+        fake.lookups.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[test]
+    fn a_named_host_is_looked_up_once_per_ttl() {
+        let (r, fake) = resolver(Duration::from_secs(60));
+        fake.answer(&["93.184.216.34:443"]);
+        let public: Vec<SocketAddr> = vec!["93.184.216.34:443".parse().unwrap()];
+        assert_eq!(resolve(&r, "https://hooks.example.com/a").unwrap(), public);
+        assert_eq!(
+            resolve(&r, "https://hooks.example.com/b?x=1").unwrap(),
+            public
+        );
+        assert_eq!(
+            resolve(&r, "https://HOOKS.Example.com:443/").unwrap(),
+            public
+        );
+        assert_eq!(lookups(&fake), 1);
+        // Another port or host is another entry.
+        fake.answer(&["93.184.216.34:8443"]);
+        resolve(&r, "https://hooks.example.com:8443/").unwrap();
+        resolve(&r, "https://other.example.com:8443/").unwrap();
+        assert_eq!(lookups(&fake), 3);
+        // IP literals never reach the resolver or the cache.
+        resolve(&r, "https://93.184.216.34/").unwrap();
+        assert_eq!(lookups(&fake), 3);
+    }
+
+    #[test]
+    fn an_expired_entry_is_resolved_and_checked_again() {
+        let (r, fake) = resolver(Duration::from_millis(50));
+        fake.answer(&["93.184.216.34:443"]);
+        resolve(&r, "https://rebind.example.com/").unwrap();
+        // The name now points at a private address (DNS rebinding): the
+        // checked answer is used until it expires, then the new one is
+        // refused.
+        fake.answer(&["10.0.0.1:443"]);
+        assert!(resolve(&r, "https://rebind.example.com/").is_ok());
+        assert_eq!(lookups(&fake), 1);
+        std::thread::sleep(Duration::from_millis(80));
+        let err = resolve(&r, "https://rebind.example.com/").unwrap_err();
+        assert!(
+            matches!(&err, ureq::Error::Io(e) if e.kind() == io::ErrorKind::PermissionDenied),
+            "{err:?}"
+        );
+        // Refusals are not cached: each attempt asks again.
+        assert!(resolve(&r, "https://rebind.example.com/").is_err());
+        assert_eq!(lookups(&fake), 3);
+    }
+
+    #[test]
+    fn failures_are_not_cached_and_the_cache_stays_bounded() {
+        let (r, fake) = resolver(Duration::from_secs(60));
+        assert!(matches!(
+            resolve(&r, "https://down.example.com/"),
+            Err(ureq::Error::HostNotFound)
+        ));
+        fake.answer(&["93.184.216.34:443"]);
+        resolve(&r, "https://down.example.com/").unwrap();
+        assert_eq!(lookups(&fake), 2);
+        for i in 0..DNS_CACHE_MAX + 10 {
+            resolve(&r, &format!("https://h{i}.example.com/")).unwrap();
+        }
+        assert!(r.cache.lock().unwrap().len() <= DNS_CACHE_MAX);
     }
 
     #[test]
