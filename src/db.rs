@@ -19,13 +19,19 @@
 //! `synchronous=NORMAL`, and [`Database::sync`] then syncs the WAL file after
 //! the lock is released: the caller returns only once its commit is on disk,
 //! but no writer waits for the disk while holding the lock, and one sync
-//! serves every commit made before it began. The result is what
-//! `synchronous=FULL` promises (a commit is durable when the write returns)
-//! with one sync per group of concurrent writers instead of one per commit.
+//! serves every commit made before it began. A write is durable when it
+//! returns, as under `synchronous=FULL`, with one sync per group of
+//! concurrent writers instead of one per commit. Two differences: other
+//! connections may see a commit a moment before it is on disk (the
+//! dispatcher syncs before anything it read leaves the process), and a
+//! failed sync comes after the commit, so [`Error::Io`] from a write means
+//! "committed, but durability unknown" (and every later write fails: a
+//! sync error is not trusted to be reported twice). A `file:` URI keeps
+//! SQLite's own `synchronous=FULL`, since it may name another VFS.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -169,8 +175,13 @@ struct Inner {
     /// time. `None` until first needed, and again after the write
     /// connection is replaced (the WAL may have been recreated).
     wal: Mutex<Option<File>>,
-    /// Whether commits need [`Database::sync`]: [`Durability::Full`] on a file.
+    /// Whether commits need [`Database::sync`]: [`Durability::Full`] on a
+    /// plain file path. (A `file:` URI may name another VFS or options that
+    /// keyhook's own sync would not honour; there the write connection
+    /// keeps SQLite's `synchronous=FULL`.)
     syncs: bool,
+    /// Set when a sync failed; every later sync fails.
+    sync_failed: AtomicBool,
     /// The database file's full path as SQLite resolved it (the WAL is
     /// this plus `-wal`), so a later change of working directory does not
     /// matter.
@@ -228,7 +239,8 @@ impl Database {
     }
 
     fn from_parts(target: Target, settings: DatabaseBuilder) -> Result<Database> {
-        let syncs = settings.durability == Durability::Full && matches!(target, Target::File(_));
+        let syncs = settings.durability == Durability::Full
+            && matches!(&target, Target::File(p) if !p.as_os_str().as_encoded_bytes().starts_with(b"file:"));
         let db = Database {
             inner: Arc::new(Inner {
                 target,
@@ -239,6 +251,7 @@ impl Database {
                 synced: AtomicU64::new(0),
                 wal: Mutex::new(None),
                 syncs,
+                sync_failed: AtomicBool::new(false),
                 main_file: OnceLock::new(),
                 waiting_writers: AtomicUsize::new(0),
                 returned: Condvar::new(),
@@ -343,12 +356,20 @@ impl Database {
     ///
     /// [`Error::Io`] if the sync fails: the commit stands, but whether it
     /// would survive power loss is unknown.
+    ///
+    /// A failed sync is final for this handle: Linux reports a lost write
+    /// once, and a later sync of the same file may succeed without those
+    /// pages on disk, so every later sync fails too until the database is
+    /// opened again.
     pub(crate) fn sync(&self, mark: CommitMark) -> Result<()> {
         let inner = &self.inner;
         if !inner.syncs || mark.0 <= inner.synced.load(Ordering::SeqCst) {
             return Ok(());
         }
         let mut wal = inner.wal.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.sync_failed.load(Ordering::SeqCst) {
+            return Err(sync_failed());
+        }
         if mark.0 <= inner.synced.load(Ordering::SeqCst) {
             return Ok(());
         }
@@ -358,9 +379,21 @@ impl Database {
             Some(file) => file,
             slot @ None => slot.insert(inner.open_wal()?),
         };
-        file.sync_data()?;
+        if let Err(e) = file.sync_data() {
+            inner.sync_failed.store(true, Ordering::SeqCst);
+            log::error!(
+                "keyhook: syncing the database to disk failed: {e}; every later write will fail until it is opened again"
+            );
+            return Err(e.into());
+        }
         inner.synced.fetch_max(upto, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// [`sync`](Self::sync) up to the newest commit: for anything read from
+    /// the database that is about to leave the process.
+    pub(crate) fn sync_all(&self) -> Result<()> {
+        self.sync(CommitMark(self.inner.commits.load(Ordering::SeqCst)))
     }
 
     /// Runs `f` on a checked-out connection, outside any explicit transaction.
@@ -368,6 +401,12 @@ impl Database {
         let conn = self.conn()?;
         f(&conn)
     }
+}
+
+fn sync_failed() -> Error {
+    Error::Io(std::io::Error::other(
+        "an earlier sync of the database to disk failed; open the database again",
+    ))
 }
 
 /// How a write transaction waits for its turn.
@@ -422,14 +461,20 @@ impl Inner {
         };
         let mut name = path.as_os_str().to_owned();
         name.push("-wal");
-        let file = File::open(&name)?;
+        // Write access: Windows needs it to flush a file.
+        let file = OpenOptions::new().read(true).write(true).open(&name)?;
+        #[cfg(unix)]
         if let Some(dir) = path.parent() {
             let dir = if dir.as_os_str().is_empty() {
                 Path::new(".")
             } else {
                 dir
             };
-            File::open(dir)?.sync_all()?;
+            // As SQLite does, ignore a failure: some file systems cannot
+            // sync a directory.
+            if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+                log::debug!("keyhook: syncing the database's directory failed: {e}");
+            }
         }
         Ok(file)
     }
@@ -678,6 +723,51 @@ mod tests {
         });
         let (commits, synced) = counts(&db);
         assert_eq!((commits, synced), (201, 201));
+    }
+
+    #[test]
+    fn a_failed_sync_fails_every_later_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path().join("db.sqlite3")).unwrap();
+        db.write(|tx| Ok(tx.execute_batch("CREATE TABLE t (x)")?))
+            .unwrap();
+        // As if fdatasync had reported EIO: the kernel reports a lost write
+        // once, so no later sync may be trusted.
+        db.inner.sync_failed.store(true, Ordering::SeqCst);
+        let err = db
+            .write(|tx| Ok(tx.execute_batch("INSERT INTO t VALUES (1)")?))
+            .unwrap_err();
+        assert!(matches!(err, Error::Io(_)), "{err:?}");
+        assert!(err.to_string().contains("I/O"), "{err}");
+        assert!(db.sync_all().is_err());
+        // What was synced before the failure stays synced.
+        assert!(db.sync(CommitMark(1)).is_ok());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_synced_file_is_the_wal_sqlite_writes() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite3");
+        let db = Database::open(&path).unwrap();
+        db.write(|tx| Ok(tx.execute_batch("CREATE TABLE t (x)")?))
+            .unwrap();
+        let wal = std::fs::metadata(dir.path().join("db.sqlite3-wal")).unwrap();
+        let guard = db.inner.wal.lock().unwrap();
+        let synced = guard.as_ref().unwrap().metadata().unwrap();
+        assert_eq!((synced.dev(), synced.ino()), (wal.dev(), wal.ino()));
+        // SQLite's frames are in it.
+        assert!(wal.len() > 32);
+    }
+
+    #[test]
+    fn a_uri_keeps_sqlites_own_full_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = format!("file:{}", dir.path().join("db.sqlite3").display());
+        let db = Database::open(uri).unwrap();
+        assert_eq!(db.write(sync_mode).unwrap(), 2);
+        assert_eq!(counts(&db), (1, 0));
     }
 
     #[test]

@@ -1080,9 +1080,7 @@ fn emits_racing_a_shutdown_are_all_stored_and_delivered_later() {
 }
 
 #[test]
-fn a_callback_on_the_dispatcher_thread_may_emit() {
-    // Host callbacks run on the pump thread, which writes emits: an emit
-    // from one must be written directly, not wait for the pump.
+fn a_callback_may_emit() {
     let (t, registry) = setup();
     let rx = Receiver::ok();
     endpoint(&registry, ORG, &rx.url("/"), &[CREATED, PAID]);
@@ -1118,5 +1116,54 @@ fn a_callback_on_the_dispatcher_thread_may_emit() {
     );
     let arrived = arrived_ids(&rx);
     assert!(arrived.contains(&first) && arrived.contains(&followup));
+    d.shutdown(WAIT).unwrap();
+}
+
+#[test]
+fn a_callback_waiting_on_an_emitting_thread_does_not_deadlock() {
+    // The hook hands every delivered attempt to another thread and waits
+    // until it is taken; that thread emits. Callbacks run on their own
+    // thread, so the pump, which writes emits, never waits for the hook.
+    let (t, registry) = setup();
+    let rx = Receiver::ok();
+    endpoint(&registry, ORG, &rx.url("/"), &[CREATED, PAID]);
+    let (handoff, taken) = std::sync::mpsc::sync_channel::<String>(0);
+    let handoff = Mutex::new(handoff);
+    let d = Arc::new(
+        builder(&t, &registry)
+            .on_attempt(move |r| {
+                if r.delivered() {
+                    let _ = handoff.lock().unwrap().send(r.event_id.to_owned());
+                }
+            })
+            .start()
+            .unwrap(),
+    );
+    let consumer = {
+        let d = Arc::clone(&d);
+        std::thread::spawn(move || {
+            let mut followups = Vec::new();
+            for (n, id) in taken.iter().enumerate() {
+                if n < 20 {
+                    followups.push(d.emit(ORG, PAID, &json!({ "after": id })).unwrap());
+                }
+                if n + 1 == 40 {
+                    break;
+                }
+            }
+            followups
+        })
+    };
+    for i in 0..20 {
+        d.emit(ORG, CREATED, &json!({ "i": i })).unwrap();
+    }
+    assert!(
+        rx.wait_for(40, Duration::from_secs(30)),
+        "stalled: {} of 40 arrived",
+        rx.count()
+    );
+    let followups = consumer.join().unwrap();
+    assert_eq!(followups.len(), 20);
+    assert!(followups.iter().all(|id| arrived_ids(&rx).contains(id)));
     d.shutdown(WAIT).unwrap();
 }

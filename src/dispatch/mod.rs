@@ -1,6 +1,7 @@
 //! The dispatcher: durable emit, and delivery on a small pool of owned threads.
 
 mod history;
+mod hooks;
 mod http;
 mod queue;
 mod retry;
@@ -73,8 +74,7 @@ impl AttemptReport<'_> {
     }
 }
 
-type Observer = Arc<dyn Fn(&AttemptReport<'_>) + Send + Sync>;
-type NoticeHook = Arc<dyn Fn(&Notice) + Send + Sync>;
+use hooks::{Hooks, NoticeHook, Observer};
 
 /// How far back [`Dispatcher::recover`] reaches.
 pub const MAX_RECOVERY_WINDOW: Duration = Duration::from_secs(14 * 24 * 3600);
@@ -237,14 +237,23 @@ impl DispatcherBuilder {
     }
 
     /// Calls `hook` with each operational [`Notice`] (endpoint disabled,
-    /// delivery exhausted, endpoint recovered), on a dispatcher thread after
-    /// the change is committed: keep it quick (send it on a channel).
+    /// delivery exhausted, endpoint recovered) once the change is committed
+    /// and on disk.
+    ///
+    /// Callbacks (this one and [`on_attempt`](Self::on_attempt)'s) run in
+    /// order on a thread of their own, so a slow or blocking callback never
+    /// holds up deliveries or emits, and a callback may emit. Keep them
+    /// quick all the same: calls queue up behind a slow one, and
+    /// [`Dispatcher::shutdown`] waits for the queue. A callback that panics
+    /// is logged; the next calls still happen.
     pub fn on_notice(mut self, hook: impl Fn(&Notice) + Send + Sync + 'static) -> Self {
         self.notices = Some(Arc::new(hook));
         self
     }
 
-    /// Calls `observer` after every attempt is recorded (on a dispatcher thread: keep it quick).
+    /// Calls `observer` after every attempt is recorded (committed; on disk
+    /// with the next sync), on the callbacks thread described at
+    /// [`on_notice`](Self::on_notice).
     pub fn on_attempt(
         mut self,
         observer: impl Fn(&AttemptReport<'_>) + Send + Sync + 'static,
@@ -271,8 +280,7 @@ impl DispatcherBuilder {
             config: self.config,
             pump: PumpSignal::default(),
             jobs: Jobs::default(),
-            observer: self.observer,
-            notices: self.notices,
+            hooks: Hooks::new(self.observer, self.notices),
         });
         let dispatcher = Dispatcher {
             shared: Arc::clone(&shared),
@@ -285,6 +293,9 @@ impl DispatcherBuilder {
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new().name(name).spawn(f)
         };
+        if let Some(callbacks) = shared.hooks.start()? {
+            dispatcher.lock_threads().push(callbacks);
+        }
         let pump = {
             let shared = Arc::clone(&shared);
             spawn(
@@ -326,8 +337,7 @@ pub(crate) struct Shared {
     pub lease_ms: i64,
     pub pump: PumpSignal,
     pub jobs: Jobs,
-    pub observer: Option<Observer>,
-    pub notices: Option<NoticeHook>,
+    pub hooks: Hooks,
 }
 
 impl Shared {
@@ -364,9 +374,7 @@ impl Shared {
                     log::info!("keyhook: endpoint {endpoint_id} recovered")
                 }
             }
-            if let Some(hook) = &self.notices {
-                hook(n);
-            }
+            self.hooks.notice(n);
         }
     }
 }
@@ -611,6 +619,8 @@ impl Dispatcher {
             .db
             .read(|c| queue::load_manual(c, org, row))?
             .ok_or_else(|| Error::not_found("delivery", delivery_id))?;
+        // What was read may be committed but not yet on disk.
+        self.shared.db.sync_all()?;
         let response = worker::deliver(&self.shared, &claimed);
         let next = if response.is_success() {
             Next::Delivered

@@ -21,6 +21,7 @@ use crate::error::Result;
 use crate::event::NewEvent;
 use crate::signing::sign;
 
+use super::hooks::CloseOnDrop;
 use super::http::{self, Request, Response, redacted_target};
 use super::queue::{self, ClaimLimits, Claimed, Completion, Emitted, Next, Stepped};
 use super::retry::parse_retry_after;
@@ -83,6 +84,25 @@ impl PumpSignal {
         Ok(())
     }
 
+    /// Stops taking emits until the guard is dropped, while the pump runs
+    /// host code or sleeps; queued ones are handed back (their callers
+    /// write them).
+    fn pause(&self) -> Paused<'_> {
+        let mut st = self.lock();
+        let was = std::mem::replace(&mut st.accepting, false);
+        let left = std::mem::take(&mut st.emits);
+        drop(st);
+        drop(left);
+        Paused(self, was)
+    }
+
+    /// Gives finished attempts back to be recorded by the next step.
+    fn requeue(&self, done: Vec<Completion>) {
+        let mut st = self.lock();
+        st.first_done_at.get_or_insert_with(Instant::now);
+        st.done.extend(done);
+    }
+
     /// Opens the pump to emits until the guard is dropped.
     fn accept(&self) -> Accepting<'_> {
         let mut st = self.lock();
@@ -133,13 +153,13 @@ pub(crate) struct EmitRequest {
 pub(crate) type EmitReply = Result<(Vec<Emitted>, CommitMark)>;
 
 thread_local! {
-    /// True on pump threads, where host callbacks run: an emit from there
-    /// must not wait for a pump.
+    /// True on pump threads. Host code can still run there (the `log`
+    /// facade's logger; a callback if the callbacks thread is gone), and an
+    /// emit from it must not wait for the pump it runs on.
     static ON_PUMP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Whether the calling thread is a dispatcher's pump (running a host
-/// callback such as an observer or notice hook).
+/// Whether the calling thread is a dispatcher's pump.
 pub(crate) fn on_pump_thread() -> bool {
     ON_PUMP.with(|p| p.get())
 }
@@ -156,6 +176,16 @@ impl Drop for Accepting<'_> {
         let left = std::mem::take(&mut st.emits);
         drop(st);
         drop(left);
+    }
+}
+
+/// Takes emits again when dropped (unless stop was asked meanwhile).
+struct Paused<'a>(&'a PumpSignal, bool);
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.accepting = self.1 && !st.stopping;
     }
 }
 
@@ -220,9 +250,18 @@ pub(crate) fn run_worker(shared: Arc<Shared>) {
         // What claimed it must be on disk before anything is sent.
         if let Err(e) = shared.db.sync(claimed.commit) {
             log::error!(
-                "keyhook: could not sync the database before sending {}: {e}",
+                "keyhook: not sending {}: the database could not be synced to disk: {e}",
                 claimed.event_id
             );
+            // Give it back, slowly: nothing can be sent safely now.
+            std::thread::sleep(Duration::from_secs(1));
+            shared.pump.finished(Completion {
+                claimed,
+                response: Response::not_sent(),
+                next: Next::NotSent,
+                manual: false,
+            });
+            continue;
         }
         let response = deliver(&shared, &claimed);
         let next = decide(&shared, &claimed, &response);
@@ -250,6 +289,9 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
     let policy = shared.health_policy();
     let emit_limits = shared.emit_limits();
     ON_PUMP.with(|p| p.set(true));
+    // Dropped in this order when the pump ends: no more emits, then the
+    // callbacks thread finishes what is queued and ends.
+    let _hooks = CloseOnDrop(&shared.hooks);
     let _accepting = shared.pump.accept();
     loop {
         let (done, emits, stopping, generation) = {
@@ -364,6 +406,12 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
                     let _ = request.reply.send(emitted.map(|e| (e, commit)));
                 }
                 backoff = Duration::from_millis(10);
+                if recorded.iter().any(|r| !r.notices.is_empty())
+                    && let Err(e) = shared.db.sync(commit)
+                {
+                    // Notices are sent anyway: the change is committed.
+                    log::error!("keyhook: could not sync before notices: {e}");
+                }
                 for (c, recorded) in done.iter().zip(recorded) {
                     in_flight -= 1;
                     limited_in_flight -= usize::from(c.claimed.target.limited);
@@ -382,12 +430,15 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
                     return;
                 }
             }
-            Err(e) => {
-                log::error!(
-                    "keyhook: dispatcher step failed: {e}; {} finished attempt(s) not recorded will be retried when their leases end",
-                    done.len()
+            Err(e) if !emits.is_empty() => {
+                // An emit may have broken the whole transaction (a full
+                // disk, say): write each on its own, so every caller gets
+                // its own outcome, and record the finished attempts in the
+                // next step, without them.
+                log::warn!(
+                    "keyhook: dispatcher step with {} emit(s) failed: {e}; writing them one by one",
+                    emits.len()
                 );
-                // Each emit on its own, so every caller gets its own outcome.
                 for request in &emits {
                     let emitted = shared.db.write(|tx| {
                         queue::insert_events(tx, &request.org, &request.events, &emit_limits)
@@ -396,9 +447,14 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
                         .reply
                         .send(emitted.map(|e| (e, CommitMark::default())));
                 }
-                if !emits.is_empty() {
-                    maybe_more = true;
-                }
+                shared.pump.requeue(done);
+                maybe_more = true;
+            }
+            Err(e) => {
+                log::error!(
+                    "keyhook: dispatcher step failed: {e}; {} finished attempt(s) not recorded will be retried when their leases end",
+                    done.len()
+                );
                 for c in &done {
                     in_flight -= 1;
                     limited_in_flight -= usize::from(c.claimed.target.limited);
@@ -407,6 +463,7 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
                     shared.jobs.close();
                     return;
                 }
+                let _paused = shared.pump.pause();
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
@@ -536,8 +593,8 @@ fn report(shared: &Shared, c: &Completion, applied: bool) {
         // Reported as notices.
         Next::Failed | Next::Gone | Next::NotSent => {}
     }
-    if let Some(observer) = &shared.observer {
-        observer(&AttemptReport {
+    if shared.hooks.observes_attempts() {
+        shared.hooks.attempt(&AttemptReport {
             event_id: &claimed.event_id,
             endpoint_id: &endpoint.endpoint_id,
             org: &endpoint.org,
@@ -603,6 +660,25 @@ mod tests {
         drop(accepting);
         assert!(matches!(result.recv(), Err(mpsc::RecvError)));
         assert!(pump.lock().emits.is_empty());
+        assert!(pump.submit(request().0).is_err());
+    }
+
+    #[test]
+    fn a_pause_hands_back_queued_emits_and_ends_with_the_guard() {
+        let pump = PumpSignal::default();
+        let _accepting = pump.accept();
+        let (queued, result) = request();
+        assert!(pump.submit(queued).is_ok());
+        let paused = pump.pause();
+        // Its caller writes it: the pump is busy with host code.
+        assert!(matches!(result.recv(), Err(mpsc::RecvError)));
+        assert!(pump.submit(request().0).is_err());
+        drop(paused);
+        assert!(pump.submit(request().0).is_ok());
+        // A stop during a pause is not undone by its end.
+        let paused = pump.pause();
+        pump.stop();
+        drop(paused);
         assert!(pump.submit(request().0).is_err());
     }
 
