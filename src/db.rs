@@ -43,8 +43,10 @@ use crate::schema::MIGRATIONS;
 /// How hard SQLite works to keep committed data on power loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
-    /// `synchronous=FULL`: every commit is on disk before it returns; nothing
-    /// committed is lost even on power loss. The default.
+    /// Every write is on disk before it returns; nothing committed is lost
+    /// even on power loss. The default. (keyhook commits with
+    /// `synchronous=NORMAL` and syncs the WAL itself after releasing the
+    /// write lock, so concurrent writers share one sync; see [`Database`].)
     #[default]
     Full,
     /// `synchronous=NORMAL`: commits survive a crash of the process, but the
@@ -182,6 +184,8 @@ struct Inner {
     syncs: bool,
     /// Set when a sync failed; every later sync fails.
     sync_failed: AtomicBool,
+    /// Syncs made (for tests and debugging).
+    syncs_made: AtomicU64,
     /// The database file's full path as SQLite resolved it (the WAL is
     /// this plus `-wal`), so a later change of working directory does not
     /// matter.
@@ -252,6 +256,7 @@ impl Database {
                 wal: Mutex::new(None),
                 syncs,
                 sync_failed: AtomicBool::new(false),
+                syncs_made: AtomicU64::new(0),
                 main_file: OnceLock::new(),
                 waiting_writers: AtomicUsize::new(0),
                 returned: Condvar::new(),
@@ -341,6 +346,10 @@ impl Database {
             let _turn = inner.lock_writer(turn);
             return Ok((immediate(&mut conn, f)?, CommitMark(0)));
         }
+        if inner.syncs && inner.sync_failed.load(Ordering::SeqCst) {
+            // Nothing more is committed that could not be made durable.
+            return Err(sync_failed());
+        }
         let mut writer = inner.lock_writer(turn);
         let value = immediate(writer.connection(inner)?, f)?;
         let mark = inner.commits.fetch_add(1, Ordering::SeqCst) + 1;
@@ -367,33 +376,32 @@ impl Database {
             return Ok(());
         }
         let mut wal = inner.wal.lock().unwrap_or_else(|e| e.into_inner());
-        if inner.sync_failed.load(Ordering::SeqCst) {
-            return Err(sync_failed());
-        }
-        if mark.0 <= inner.synced.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        // Every commit counted so far has written its WAL frames.
-        let upto = inner.commits.load(Ordering::SeqCst);
-        let file = match &mut *wal {
-            Some(file) => file,
-            slot @ None => slot.insert(inner.open_wal()?),
-        };
-        if let Err(e) = file.sync_data() {
-            inner.sync_failed.store(true, Ordering::SeqCst);
-            log::error!(
-                "keyhook: syncing the database to disk failed: {e}; every later write will fail until it is opened again"
-            );
-            return Err(e.into());
-        }
-        inner.synced.fetch_max(upto, Ordering::SeqCst);
-        Ok(())
+        inner.sync_locked(&mut wal, mark)
     }
 
-    /// [`sync`](Self::sync) up to the newest commit: for anything read from
-    /// the database that is about to leave the process.
-    pub(crate) fn sync_all(&self) -> Result<()> {
-        self.sync(CommitMark(self.inner.commits.load(Ordering::SeqCst)))
+    /// Syncs the WAL now, whatever has been synced: for anything read from
+    /// the database that is about to leave the process (a reader may see a
+    /// commit, of this process or another, before any sync covers it).
+    pub(crate) fn sync_now(&self) -> Result<()> {
+        let inner = &self.inner;
+        if !inner.syncs {
+            return Ok(());
+        }
+        // A sync that begins after this count covers it.
+        let mark = CommitMark(inner.commits.load(Ordering::SeqCst) + 1);
+        let mut wal = inner.wal.lock().unwrap_or_else(|e| e.into_inner());
+        inner.sync_locked(&mut wal, mark)
+    }
+
+    /// Makes the handle behave as after a failed sync (for tests).
+    #[cfg(test)]
+    pub(crate) fn fail_syncs(&self) {
+        self.inner.sync_failed.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a sync failed, so that nothing more can be made durable.
+    pub(crate) fn sync_failed(&self) -> bool {
+        self.inner.syncs && self.inner.sync_failed.load(Ordering::SeqCst)
     }
 
     /// Runs `f` on a checked-out connection, outside any explicit transaction.
@@ -452,6 +460,32 @@ impl Writer {
 }
 
 impl Inner {
+    /// Syncs the WAL (its lock held as `wal`) unless `mark` is covered.
+    fn sync_locked(&self, wal: &mut Option<File>, mark: CommitMark) -> Result<()> {
+        if self.sync_failed.load(Ordering::SeqCst) {
+            return Err(sync_failed());
+        }
+        if mark.0 <= self.synced.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        // Every commit counted so far has written its WAL frames.
+        let upto = self.commits.load(Ordering::SeqCst);
+        let file = match wal {
+            Some(file) => file,
+            slot @ None => slot.insert(self.open_wal()?),
+        };
+        self.syncs_made.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = file.sync_data() {
+            self.sync_failed.store(true, Ordering::SeqCst);
+            log::error!(
+                "keyhook: syncing the database to disk failed: {e}; every later write will fail until it is opened again"
+            );
+            return Err(e.into());
+        }
+        self.synced.fetch_max(upto, Ordering::SeqCst);
+        Ok(())
+    }
+
     /// Opens the WAL file for syncing, and syncs its directory once so that
     /// a newly created WAL's name is on disk too.
     fn open_wal(&self) -> Result<File> {
@@ -723,6 +757,8 @@ mod tests {
         });
         let (commits, synced) = counts(&db);
         assert_eq!((commits, synced), (201, 201));
+        // Never more syncs than commits (fewer when writers overlapped).
+        assert!(db.inner.syncs_made.load(Ordering::SeqCst) <= 201);
     }
 
     #[test]
@@ -739,9 +775,34 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, Error::Io(_)), "{err:?}");
         assert!(err.to_string().contains("I/O"), "{err}");
-        assert!(db.sync_all().is_err());
+        assert!(db.sync_now().is_err());
+        assert!(db.sync_failed());
+        assert!(db.write_unsynced(|_| Ok(())).is_err());
+        // Refused before it began: nothing was committed that cannot be
+        // made durable.
+        let rows: i64 = db
+            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(rows, 0);
+        assert_eq!(counts(&db), (1, 1));
         // What was synced before the failure stays synced.
         assert!(db.sync(CommitMark(1)).is_ok());
+    }
+
+    #[test]
+    fn sync_now_syncs_even_when_everything_counted_is_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path().join("db.sqlite3")).unwrap();
+        db.write(|tx| Ok(tx.execute_batch("CREATE TABLE t (x)")?))
+            .unwrap();
+        assert_eq!(counts(&db), (1, 1));
+        // Another connection's commit is not counted; sync_now covers it.
+        let other = Connection::open(dir.path().join("db.sqlite3")).unwrap();
+        other.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        let before = db.inner.syncs_made.load(Ordering::SeqCst);
+        db.sync_now().unwrap();
+        assert_eq!(db.inner.syncs_made.load(Ordering::SeqCst), before + 1);
+        assert_eq!(counts(&db), (1, 1));
     }
 
     #[cfg(unix)]

@@ -161,14 +161,20 @@ pub enum Error {
     #[error("event data could not be serialized to JSON")]
     Serialize(#[source] serde_json::Error),
 
-    /// The dispatcher's threads did not finish within the shutdown timeout.
-    #[error("{unfinished} worker thread(s) still running after the shutdown timeout")]
+    /// The dispatcher's threads did not finish within the shutdown timeout
+    /// (a worker still in an attempt, or the callbacks thread still making
+    /// queued calls).
+    #[error("{unfinished} dispatcher thread(s) still running after the shutdown timeout")]
     ShutdownTimedOut {
         /// Threads that were still running.
         unfinished: usize,
     },
 
-    /// An OS or I/O error (spawning threads, reading the OS random source).
+    /// An OS or I/O error: spawning threads, reading the OS random source,
+    /// or syncing the database to disk. A write whose sync failed is
+    /// committed but may not survive power loss, and every later write on
+    /// that [`Database`](crate::Database) handle fails until the database is
+    /// opened again.
     #[error("I/O error")]
     Io(#[from] std::io::Error),
 }

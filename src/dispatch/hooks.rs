@@ -4,9 +4,12 @@
 //! that emits never holds up the pump, which writes every emit.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+
+use crate::db::{CommitMark, Database};
 
 use super::http::AttemptError;
 use super::queue::Next;
@@ -15,10 +18,16 @@ use super::{AttemptReport, Notice};
 pub(crate) type Observer = Arc<dyn Fn(&AttemptReport<'_>) + Send + Sync>;
 pub(crate) type NoticeHook = Arc<dyn Fn(&Notice) + Send + Sync>;
 
+/// Calls queued for the callbacks thread at most; past that (callbacks
+/// stuck or far too slow) further calls are dropped and counted in the log,
+/// rather than let memory grow without bound.
+pub(crate) const CALLBACK_QUEUE: usize = 10_000;
+
 /// One call to make.
 enum Call {
     Attempt(Attempted),
-    Notice(Notice),
+    /// Made once the commit that recorded the change is on disk.
+    Notice(Notice, CommitMark),
 }
 
 /// An [`AttemptReport`] that owns its strings, to cross threads.
@@ -48,19 +57,24 @@ impl Attempted {
 
 /// The callbacks, and the queue to their thread.
 pub(crate) struct Hooks {
+    db: Database,
     observer: Option<Observer>,
     notices: Option<NoticeHook>,
     /// `None` before [`start`](Self::start) and after [`close`](Self::close):
     /// calls are then made on the calling thread.
-    queue: Mutex<Option<Sender<Call>>>,
+    queue: Mutex<Option<SyncSender<Call>>>,
+    /// Calls dropped because the queue was full.
+    dropped: AtomicU64,
 }
 
 impl Hooks {
-    pub fn new(observer: Option<Observer>, notices: Option<NoticeHook>) -> Hooks {
+    pub fn new(db: Database, observer: Option<Observer>, notices: Option<NoticeHook>) -> Hooks {
         Hooks {
+            db,
             observer,
             notices,
             queue: Mutex::new(None),
+            dropped: AtomicU64::new(0),
         }
     }
 
@@ -69,11 +83,12 @@ impl Hooks {
         if self.observer.is_none() && self.notices.is_none() {
             return Ok(None);
         }
-        let (tx, rx) = channel();
+        let (tx, rx) = sync_channel(CALLBACK_QUEUE);
         let (observer, notices) = (self.observer.clone(), self.notices.clone());
+        let db = self.db.clone();
         let handle = std::thread::Builder::new()
             .name("keyhook-callbacks".into())
-            .spawn(move || run(&rx, observer.as_ref(), notices.as_ref()))?;
+            .spawn(move || run(&rx, &db, observer.as_ref(), notices.as_ref()))?;
         *self.lock() = Some(tx);
         Ok(Some(handle))
     }
@@ -107,24 +122,40 @@ impl Hooks {
         }
     }
 
-    pub fn notice(&self, notice: &Notice) {
+    /// Tells the notice hook about `notice`, once `commit` is on disk.
+    pub fn notice(&self, notice: &Notice, commit: CommitMark) {
         let Some(hook) = &self.notices else {
             return;
         };
-        if let Err(Call::Notice(n)) = self.send(Call::Notice(notice.clone())) {
-            hook(&n);
+        if let Err(Call::Notice(n, commit)) = self.send(Call::Notice(notice.clone(), commit)) {
+            call_notice(&self.db, hook, &n, commit);
         }
     }
 
-    /// Queues `call` for the thread, or gives it back if it does not run.
+    /// Queues `call` for the thread, or gives it back if the thread does
+    /// not run. Drops it if the queue is full.
     fn send(&self, call: Call) -> Result<(), Call> {
-        match &*self.lock() {
-            Some(tx) => tx.send(call).map_err(|e| e.0),
-            None => Err(call),
+        let queue = self.lock();
+        let Some(tx) = &*queue else {
+            return Err(call);
+        };
+        match tx.try_send(call) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Disconnected(call)) => Err(call),
+            Err(TrySendError::Full(call)) => {
+                let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped == 1 || dropped.is_multiple_of(1000) {
+                    log::error!(
+                        "keyhook: callbacks are {CALLBACK_QUEUE} calls behind; {dropped} dropped so far (latest: {})",
+                        describe(&call)
+                    );
+                }
+                Ok(())
+            }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Sender<Call>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<SyncSender<Call>>> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -138,24 +169,48 @@ impl Drop for CloseOnDrop<'_> {
     }
 }
 
-fn run(rx: &Receiver<Call>, observer: Option<&Observer>, notices: Option<&NoticeHook>) {
+/// What a dropped call was about, for the log (ids only).
+fn describe(call: &Call) -> String {
+    match call {
+        Call::Attempt(a) => format!("attempt {} of {}", a.attempt, a.event_id),
+        Call::Notice(n, _) => format!("{n:?}"),
+    }
+}
+
+/// Calls `hook` once `commit` is on disk; a notice whose change may not
+/// survive power loss is logged, not told.
+fn call_notice(db: &Database, hook: &NoticeHook, notice: &Notice, commit: CommitMark) {
+    match db.sync(commit) {
+        Ok(()) => hook(notice),
+        Err(e) => log::error!("keyhook: notice not sent, its change could not be synced: {e}"),
+    }
+}
+
+fn run(
+    rx: &Receiver<Call>,
+    db: &Database,
+    observer: Option<&Observer>,
+    notices: Option<&NoticeHook>,
+) {
     for call in rx {
-        // A panicking callback must not end the others.
-        let result = catch_unwind(AssertUnwindSafe(|| match &call {
-            Call::Attempt(a) => {
-                if let Some(observer) = observer {
-                    observer(&a.report());
+        // A panicking callback (or logger) must not end the others.
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            let result = catch_unwind(AssertUnwindSafe(|| match &call {
+                Call::Attempt(a) => {
+                    if let Some(observer) = observer {
+                        observer(&a.report());
+                    }
                 }
-            }
-            Call::Notice(n) => {
-                if let Some(hook) = notices {
-                    hook(n);
+                Call::Notice(n, commit) => {
+                    if let Some(hook) = notices {
+                        call_notice(db, hook, n, *commit);
+                    }
                 }
+            }));
+            if result.is_err() {
+                log::error!("keyhook: a callback (on_attempt or on_notice) panicked");
             }
         }));
-        if result.is_err() {
-            log::error!("keyhook: a callback (on_attempt or on_notice) panicked");
-        }
     }
 }
 
@@ -187,10 +242,10 @@ mod tests {
             let name = std::thread::current().name().map(str::to_owned);
             log.lock().unwrap().push((*attempts, name));
         });
-        let hooks = Hooks::new(None, Some(hook));
+        let hooks = Hooks::new(Database::open_in_memory().unwrap(), None, Some(hook));
         let thread = hooks.start().unwrap().unwrap();
         for n in 1..=4 {
-            hooks.notice(&notice(n));
+            hooks.notice(&notice(n), CommitMark::default());
         }
         hooks.close();
         thread.join().unwrap();
@@ -204,7 +259,7 @@ mod tests {
             ]
         );
         // Closed: calls are made on the calling thread.
-        hooks.notice(&notice(5));
+        hooks.notice(&notice(5), CommitMark::default());
         assert_eq!(seen.lock().unwrap().last().unwrap().0, 5);
         assert_ne!(
             seen.lock().unwrap().last().unwrap().1.as_deref(),
@@ -213,17 +268,67 @@ mod tests {
     }
 
     #[test]
+    fn a_stuck_callback_costs_dropped_calls_not_memory_or_the_caller() {
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let wait = Mutex::new(wait);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&calls);
+        let hook: NoticeHook = Arc::new(move |_| {
+            // The first call blocks until released.
+            if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                let _ = wait.lock().unwrap().recv();
+            }
+        });
+        let hooks = Hooks::new(Database::open_in_memory().unwrap(), None, Some(hook));
+        let thread = hooks.start().unwrap().unwrap();
+        // One call being made, a full queue, and 50 more: those are dropped
+        // and the caller never blocks.
+        for n in 0..CALLBACK_QUEUE as u32 + 51 {
+            hooks.notice(&notice(n), CommitMark::default());
+        }
+        assert!(hooks.dropped.load(Ordering::SeqCst) >= 50);
+        release.send(()).unwrap();
+        hooks.close();
+        thread.join().unwrap();
+        let made = calls.load(Ordering::SeqCst) as u64;
+        assert_eq!(
+            made + hooks.dropped.load(Ordering::SeqCst),
+            CALLBACK_QUEUE as u64 + 51
+        );
+    }
+
+    #[test]
+    fn a_notice_whose_change_could_not_be_synced_is_not_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path().join("db.sqlite3")).unwrap();
+        let ((), commit) = db.write_unsynced(|_| Ok(())).unwrap();
+        db.fail_syncs();
+        let told = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&told);
+        let hook: NoticeHook = Arc::new(move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
+        let hooks = Hooks::new(db, None, Some(hook));
+        // Not started: checked and (not) told right here.
+        hooks.notice(&notice(1), commit);
+        assert_eq!(told.load(Ordering::SeqCst), 0);
+        hooks.notice(&notice(2), CommitMark::default());
+        assert_eq!(told.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
     fn without_callbacks_there_is_no_thread() {
-        let hooks = Hooks::new(None, None);
+        let db = Database::open_in_memory().unwrap();
+        let hooks = Hooks::new(db.clone(), None, None);
         assert!(hooks.start().unwrap().is_none());
         assert!(!hooks.observes_attempts());
-        hooks.notice(&notice(1));
+        hooks.notice(&notice(1), CommitMark::default());
         let calls = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&calls);
         let observer: Observer = Arc::new(move |_| {
             counter.fetch_add(1, Ordering::SeqCst);
         });
-        let hooks = Hooks::new(Some(observer), None);
+        let hooks = Hooks::new(db, Some(observer), None);
         assert!(hooks.observes_attempts());
         // Not started: called here and now.
         hooks.attempt(&AttemptReport {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::db::{Database, duration_ms, from_ms};
+use crate::db::{CommitMark, Database, duration_ms, from_ms};
 use crate::destination::DestinationPolicy;
 use crate::error::{Error, Result};
 use crate::event::NewEvent;
@@ -243,9 +243,12 @@ impl DispatcherBuilder {
     /// Callbacks (this one and [`on_attempt`](Self::on_attempt)'s) run in
     /// order on a thread of their own, so a slow or blocking callback never
     /// holds up deliveries or emits, and a callback may emit. Keep them
-    /// quick all the same: calls queue up behind a slow one, and
+    /// quick all the same: calls queue up behind a slow one (past 10,000
+    /// queued, further calls are dropped and counted in the log), and
     /// [`Dispatcher::shutdown`] waits for the queue. A callback that panics
-    /// is logged; the next calls still happen.
+    /// is logged; the next calls still happen. With `.workers(0)` there is
+    /// no such thread: notices from [`Dispatcher::redeliver`] are told on
+    /// the calling thread.
     pub fn on_notice(mut self, hook: impl Fn(&Notice) + Send + Sync + 'static) -> Self {
         self.notices = Some(Arc::new(hook));
         self
@@ -275,12 +278,12 @@ impl DispatcherBuilder {
         let lease_ms = duration_ms(timeout) * 2 + 1000;
         let shared = Arc::new(Shared {
             agent: http::agent(self.policy, timeout, self.workers.max(1)),
-            db: self.db,
+            db: self.db.clone(),
             lease_ms,
             config: self.config,
             pump: PumpSignal::default(),
             jobs: Jobs::default(),
-            hooks: Hooks::new(self.observer, self.notices),
+            hooks: Hooks::new(self.db, self.observer, self.notices),
         });
         let dispatcher = Dispatcher {
             shared: Arc::clone(&shared),
@@ -354,7 +357,8 @@ impl Shared {
         }
     }
 
-    pub fn notify(&self, notices: &[Notice]) {
+    /// Logs `notices` and tells the hook, once `commit` is on disk.
+    pub fn notify(&self, notices: &[Notice], commit: CommitMark) {
         for n in notices {
             match n {
                 Notice::EndpointDisabled {
@@ -374,7 +378,7 @@ impl Shared {
                     log::info!("keyhook: endpoint {endpoint_id} recovered")
                 }
             }
-            self.hooks.notice(n);
+            self.hooks.notice(n, commit);
         }
     }
 }
@@ -473,7 +477,8 @@ impl Dispatcher {
     pub fn emit_batch(&self, org: &str, events: Vec<NewEvent>) -> Result<Vec<String>> {
         self.check_events(org, &events)?;
         let emitted = if worker::on_pump_thread() {
-            // A host callback running on a pump must not wait for a pump.
+            // Host code reached from a pump (a logger, say) must not wait
+            // for a pump.
             self.write_events(org, &events)?
         } else {
             self.emit_through_pump(org, events)?
@@ -620,7 +625,7 @@ impl Dispatcher {
             .read(|c| queue::load_manual(c, org, row))?
             .ok_or_else(|| Error::not_found("delivery", delivery_id))?;
         // What was read may be committed but not yet on disk.
-        self.shared.db.sync_all()?;
+        self.shared.db.sync_now()?;
         let response = worker::deliver(&self.shared, &claimed);
         let next = if response.is_success() {
             Next::Delivered
@@ -637,7 +642,8 @@ impl Dispatcher {
         };
         let recorded =
             queue::record_manual(&self.shared.db, &completion, &self.shared.health_policy())?;
-        self.shared.notify(&recorded.notices);
+        // Recorded with a synced write.
+        self.shared.notify(&recorded.notices, CommitMark::default());
         let attempts = self.shared.db.read(|c| history::attempts(c, row))?;
         attempts
             .into_iter()
@@ -725,7 +731,8 @@ impl Dispatcher {
     /// # Errors
     ///
     /// [`Error::ShutdownTimedOut`] if some threads were still in an attempt
-    /// at the deadline; they stop on their own after it.
+    /// (or making queued callback calls) at the deadline; they stop on their
+    /// own after it.
     pub fn shutdown(&self, timeout: Duration) -> Result<()> {
         self.shared.pump.stop();
         let deadline = Instant::now() + timeout;

@@ -157,33 +157,28 @@ const LONG_DAYS: [&str; 7] = [
 fn parse_http_date(s: &str, now: SystemTime) -> Option<SystemTime> {
     let parts: Vec<&str> = s.split_ascii_whitespace().collect();
     let (day, month, year, time) = match parts.as_slice() {
-        [weekday, day, month, year, time, "GMT"]
-            if DAYS.contains(&weekday.strip_suffix(',')?) && year.len() == 4 =>
-        {
-            (*day, *month, year.parse::<i64>().ok()?, *time)
+        [weekday, day, month, year, time, "GMT"] if DAYS.contains(&weekday.strip_suffix(',')?) => {
+            (*day, *month, digits(year, 4..=4)? as i64, *time)
         }
         [weekday, date, time, "GMT"] if LONG_DAYS.contains(&weekday.strip_suffix(',')?) => {
             let mut fields = date.split('-');
             let (day, month, yy) = (fields.next()?, fields.next()?, fields.next()?);
-            if fields.next().is_some() || yy.len() != 2 {
+            if fields.next().is_some() {
                 return None;
             }
-            (day, month, two_digit_year(yy.parse().ok()?, now), *time)
+            let year = two_digit_year(digits(yy, 2..=2)? as i64, now);
+            (day, month, year, *time)
         }
-        [weekday, month, day, time, year] if DAYS.contains(weekday) && year.len() == 4 => {
-            (*day, *month, year.parse::<i64>().ok()?, *time)
+        [weekday, month, day, time, year] if DAYS.contains(weekday) => {
+            (*day, *month, digits(year, 4..=4)? as i64, *time)
         }
         _ => return None,
     };
-    if !(1..=2).contains(&day.len()) {
-        return None;
-    }
-    let day: u32 = day.parse().ok()?;
+    let day = digits(day, 1..=2)? as u32;
     let month = MONTHS.iter().position(|m| *m == month)? as u32 + 1;
     let mut hms = time.split(':');
     let mut field = |max: u64| -> Option<u64> {
-        let f = hms.next()?;
-        let v: u64 = if f.len() == 2 { f.parse().ok()? } else { None? };
+        let v = digits(hms.next()?, 2..=2)?;
         (v <= max).then_some(v)
     };
     let (h, m, sec) = (field(23)?, field(59)?, field(60)?);
@@ -196,6 +191,14 @@ fn parse_http_date(s: &str, now: SystemTime) -> Option<SystemTime> {
     }
     let secs = u64::try_from(days).ok()? * 86_400 + h * 3600 + m * 60 + sec;
     UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+}
+
+/// A field of ASCII digits only (no sign, no spaces), `len` long.
+fn digits(s: &str, len: std::ops::RangeInclusive<usize>) -> Option<u64> {
+    if !len.contains(&s.len()) || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 /// RFC 9110: a two-digit year more than 50 years in the future is the most
@@ -367,6 +370,10 @@ mod tests {
             "Wednesday, 21-Oct-2015 07:29:30 GMT", // RFC 850 has 2 digits
             "Wed Oct 21 07:29:30 15",
             "Wed, 21 Oct 2015 07:29:30 GMT extra",
+            "Wed, +1 Oct 2015 07:29:30 GMT", // signs are not digits
+            "Wed, 21 Oct 2015 +7:29:30 GMT",
+            "Wed, 21 Oct +015 07:29:30 GMT",
+            "Wednesday, 21-Oct--5 07:29:30 GMT",
         ] {
             assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
         }

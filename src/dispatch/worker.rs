@@ -96,13 +96,6 @@ impl PumpSignal {
         Paused(self, was)
     }
 
-    /// Gives finished attempts back to be recorded by the next step.
-    fn requeue(&self, done: Vec<Completion>) {
-        let mut st = self.lock();
-        st.first_done_at.get_or_insert_with(Instant::now);
-        st.done.extend(done);
-    }
-
     /// Opens the pump to emits until the guard is dropped.
     fn accept(&self) -> Accepting<'_> {
         let mut st = self.lock();
@@ -253,8 +246,8 @@ pub(crate) fn run_worker(shared: Arc<Shared>) {
                 "keyhook: not sending {}: the database could not be synced to disk: {e}",
                 claimed.event_id
             );
-            // Give it back, slowly: nothing can be sent safely now.
-            std::thread::sleep(Duration::from_secs(1));
+            // Give it back (the pump claims nothing more: every write is
+            // refused once a sync has failed).
             shared.pump.finished(Completion {
                 claimed,
                 response: Response::not_sent(),
@@ -286,6 +279,7 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
     // emit, a finished attempt or a timer says otherwise.
     let mut maybe_more = true;
     let mut last_generation = u64::MAX;
+    let mut told_sync_failed = false;
     let policy = shared.health_policy();
     let emit_limits = shared.emit_limits();
     ON_PUMP.with(|p| p.set(true));
@@ -392,7 +386,29 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             .iter()
             .map(|r| (r.org.as_str(), r.events.as_slice()))
             .collect();
-        match queue::step(&shared.db, &batch, &emit_limits, &done, &limits, &policy) {
+        let mut stepped = queue::step(&shared.db, &batch, &emit_limits, &done, &limits, &policy);
+        if let Err(e) = &stepped
+            && !emits.is_empty()
+        {
+            // An emit may have broken the whole transaction (a full disk,
+            // say): write each on its own, so every caller gets its own
+            // outcome, and try the rest of the step again without them.
+            log::warn!(
+                "keyhook: dispatcher step with {} emit(s) failed: {e}; writing them one by one",
+                emits.len()
+            );
+            for request in &emits {
+                let emitted = shared.db.write(|tx| {
+                    queue::insert_events(tx, &request.org, &request.events, &emit_limits)
+                });
+                let _ = request
+                    .reply
+                    .send(emitted.map(|e| (e, CommitMark::default())));
+            }
+            maybe_more = true;
+            stepped = queue::step(&shared.db, &[], &emit_limits, &done, &limits, &policy);
+        }
+        match stepped {
             Ok(Stepped {
                 emitted,
                 recorded,
@@ -401,22 +417,16 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             }) => {
                 // Callers first: nothing may stand between the commit and
                 // their replies (a caller whose reply never comes writes its
-                // events again).
+                // events again). None left if they were written one by one.
                 for (request, emitted) in emits.iter().zip(emitted) {
                     let _ = request.reply.send(emitted.map(|e| (e, commit)));
                 }
                 backoff = Duration::from_millis(10);
-                if recorded.iter().any(|r| !r.notices.is_empty())
-                    && let Err(e) = shared.db.sync(commit)
-                {
-                    // Notices are sent anyway: the change is committed.
-                    log::error!("keyhook: could not sync before notices: {e}");
-                }
                 for (c, recorded) in done.iter().zip(recorded) {
                     in_flight -= 1;
                     limited_in_flight -= usize::from(c.claimed.target.limited);
                     report(&shared, c, recorded.applied);
-                    shared.notify(&recorded.notices);
+                    shared.notify(&recorded.notices, commit);
                 }
                 let got = claimed.len();
                 if got < limits.max {
@@ -430,31 +440,15 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
                     return;
                 }
             }
-            Err(e) if !emits.is_empty() => {
-                // An emit may have broken the whole transaction (a full
-                // disk, say): write each on its own, so every caller gets
-                // its own outcome, and record the finished attempts in the
-                // next step, without them.
-                log::warn!(
-                    "keyhook: dispatcher step with {} emit(s) failed: {e}; writing them one by one",
-                    emits.len()
-                );
-                for request in &emits {
-                    let emitted = shared.db.write(|tx| {
-                        queue::insert_events(tx, &request.org, &request.events, &emit_limits)
-                    });
-                    let _ = request
-                        .reply
-                        .send(emitted.map(|e| (e, CommitMark::default())));
-                }
-                shared.pump.requeue(done);
-                maybe_more = true;
-            }
             Err(e) => {
-                log::error!(
-                    "keyhook: dispatcher step failed: {e}; {} finished attempt(s) not recorded will be retried when their leases end",
-                    done.len()
-                );
+                // Once a sync has failed every write is refused: say so once.
+                if !shared.db.sync_failed() || !told_sync_failed {
+                    told_sync_failed = shared.db.sync_failed();
+                    log::error!(
+                        "keyhook: dispatcher step failed: {e}; {} finished attempt(s) not recorded will be retried when their leases end",
+                        done.len()
+                    );
+                }
                 for c in &done {
                     in_flight -= 1;
                     limited_in_flight -= usize::from(c.claimed.target.limited);
