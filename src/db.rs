@@ -697,6 +697,16 @@ mod tests {
         Ok(tx.pragma_query_value(None, "synchronous", |r| r.get(0))?)
     }
 
+    /// A database file (default settings) with a table `t (x)`, created
+    /// by one synced write.
+    fn file_db_with_table() -> (tempfile::TempDir, Database) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path().join("db.sqlite3")).unwrap();
+        db.write(|tx| Ok(tx.execute_batch("CREATE TABLE t (x)")?))
+            .unwrap();
+        (dir, db)
+    }
+
     fn counts(db: &Database) -> (u64, u64) {
         (
             db.inner.commits.load(Ordering::SeqCst),
@@ -739,10 +749,7 @@ mod tests {
 
     #[test]
     fn concurrent_writes_all_end_synced() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Database::open(dir.path().join("db.sqlite3")).unwrap();
-        db.write(|tx| Ok(tx.execute_batch("CREATE TABLE t (x)")?))
-            .unwrap();
+        let (_dir, db) = file_db_with_table();
         std::thread::scope(|s| {
             for _ in 0..4 {
                 s.spawn(|| {
@@ -763,10 +770,7 @@ mod tests {
 
     #[test]
     fn a_failed_sync_fails_every_later_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Database::open(dir.path().join("db.sqlite3")).unwrap();
-        db.write(|tx| Ok(tx.execute_batch("CREATE TABLE t (x)")?))
-            .unwrap();
+        let (_dir, db) = file_db_with_table();
         // As if fdatasync had reported EIO: the kernel reports a lost write
         // once, so no later sync may be trusted.
         db.inner.sync_failed.store(true, Ordering::SeqCst);
@@ -791,10 +795,7 @@ mod tests {
 
     #[test]
     fn sync_now_syncs_even_when_everything_counted_is_synced() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Database::open(dir.path().join("db.sqlite3")).unwrap();
-        db.write(|tx| Ok(tx.execute_batch("CREATE TABLE t (x)")?))
-            .unwrap();
+        let (dir, db) = file_db_with_table();
         assert_eq!(counts(&db), (1, 1));
         // Another connection's commit is not counted; sync_now covers it.
         let other = Connection::open(dir.path().join("db.sqlite3")).unwrap();

@@ -229,35 +229,24 @@ impl Jobs {
 pub(crate) fn run_worker(shared: Arc<Shared>) {
     let timeout_ms = duration_ms(shared.config.request_timeout);
     while let Some(claimed) = shared.jobs.next() {
-        if now_ms() + timeout_ms + 500 > claimed.lease_until {
+        let (response, next) = if now_ms() + timeout_ms + 500 > claimed.lease_until {
             // Sending now could outlast the lease, and another worker could
             // then send the same attempt: give it back instead.
-            shared.pump.finished(Completion {
-                claimed,
-                response: Response::not_sent(),
-                next: Next::NotSent,
-                manual: false,
-            });
-            continue;
-        }
-        // What claimed it must be on disk before anything is sent.
-        if let Err(e) = shared.db.sync(claimed.commit) {
+            (Response::not_sent(), Next::NotSent)
+        } else if let Err(e) = shared.db.sync(claimed.commit) {
+            // What claimed it must be on disk before anything is sent. Give
+            // it back (the pump claims nothing more: every write is refused
+            // once a sync has failed).
             log::error!(
                 "keyhook: not sending {}: the database could not be synced to disk: {e}",
                 claimed.event_id
             );
-            // Give it back (the pump claims nothing more: every write is
-            // refused once a sync has failed).
-            shared.pump.finished(Completion {
-                claimed,
-                response: Response::not_sent(),
-                next: Next::NotSent,
-                manual: false,
-            });
-            continue;
-        }
-        let response = deliver(&shared, &claimed);
-        let next = decide(&shared, &claimed, &response);
+            (Response::not_sent(), Next::NotSent)
+        } else {
+            let response = deliver(&shared, &claimed);
+            let next = decide(&shared, &claimed, &response);
+            (response, next)
+        };
         shared.pump.finished(Completion {
             claimed,
             response,
