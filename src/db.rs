@@ -250,7 +250,10 @@ impl Database {
                 target,
                 settings,
                 idle: Mutex::new(Vec::new()),
-                writer: Mutex::new(Writer { conn: None }),
+                writer: Mutex::new(Writer {
+                    conn: None,
+                    data_version: None,
+                }),
                 commits: AtomicU64::new(0),
                 synced: AtomicU64::new(0),
                 wal: Mutex::new(None),
@@ -393,6 +396,25 @@ impl Database {
         inner.sync_locked(&mut wal, mark)
     }
 
+    /// Whether another connection (another process, or a host transaction
+    /// on its own connection) has committed since the last call: SQLite's
+    /// `data_version` as the write connection sees it, which this process's
+    /// own writes do not change. Always false in memory.
+    pub(crate) fn changed_elsewhere(&self) -> Result<bool> {
+        if let Target::Memory = self.inner.target {
+            return Ok(false);
+        }
+        let mut writer = self.inner.lock_writer(Turn::Writer);
+        let version: i64 = writer
+            .connection(&self.inner)?
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
+        Ok(writer
+            .data_version
+            .replace(version)
+            .is_some_and(|v| v != version))
+    }
+
     /// Makes the handle behave as after a failed sync (for tests).
     #[cfg(test)]
     pub(crate) fn fail_syncs(&self) {
@@ -434,6 +456,8 @@ pub(crate) struct CommitMark(u64);
 struct Writer {
     /// Opened on first use; replaced if it was left inside a transaction.
     conn: Option<Connection>,
+    /// `data_version` at the last [`Database::changed_elsewhere`].
+    data_version: Option<i64>,
 }
 
 impl Writer {
@@ -447,6 +471,8 @@ impl Writer {
             Some(conn) => Ok(conn),
             slot @ None => {
                 let conn = inner.connect()?;
+                // A new connection counts versions afresh.
+                self.data_version = None;
                 if inner.syncs {
                     // Commits are synced by `Database::sync`, outside the lock.
                     conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -830,6 +856,31 @@ mod tests {
         let db = Database::open(uri).unwrap();
         assert_eq!(db.write(sync_mode).unwrap(), 2);
         assert_eq!(counts(&db), (1, 0));
+    }
+
+    #[test]
+    fn changes_by_other_connections_are_noticed_and_our_own_are_not() {
+        let (dir, db) = file_db_with_table();
+        assert!(!db.changed_elsewhere().unwrap(), "first call sets the mark");
+        db.write(|tx| Ok(tx.execute_batch("INSERT INTO t VALUES (1)")?))
+            .unwrap();
+        assert!(!db.changed_elsewhere().unwrap(), "our own write");
+        let other = Connection::open(dir.path().join("db.sqlite3")).unwrap();
+        other.execute("INSERT INTO t VALUES (2)", []).unwrap();
+        assert!(db.changed_elsewhere().unwrap());
+        assert!(!db.changed_elsewhere().unwrap(), "told once");
+        // Another handle on the same file is another connection.
+        let second = Database::open(dir.path().join("db.sqlite3")).unwrap();
+        second
+            .write(|tx| Ok(tx.execute_batch("INSERT INTO t VALUES (3)")?))
+            .unwrap();
+        assert!(db.changed_elsewhere().unwrap());
+        assert!(
+            !Database::open_in_memory()
+                .unwrap()
+                .changed_elsewhere()
+                .unwrap()
+        );
     }
 
     #[test]

@@ -876,6 +876,52 @@ fn emit_in_exists_only_if_the_host_transaction_commits() {
     d.shutdown(WAIT).unwrap();
 }
 
+#[test]
+fn commits_by_other_connections_are_noticed_without_wake() {
+    // A poll of a minute: only the watch on other connections' commits can
+    // bring these within the deadline.
+    let (t, registry) = setup();
+    let rx = Receiver::ok();
+    endpoint(&registry, ORG, &rx.url("/"), &[CREATED]);
+    let d = builder(&t, &registry)
+        .poll_interval(Duration::from_secs(60))
+        .start()
+        .unwrap();
+    // Let the pump go idle first.
+    std::thread::sleep(Duration::from_millis(200));
+
+    // The host's own transaction, with no wake().
+    let mut host = Connection::open(t.path()).unwrap();
+    host.busy_timeout(Duration::from_secs(5)).unwrap();
+    host.execute_batch("CREATE TABLE host_orders (id INTEGER PRIMARY KEY, note TEXT NOT NULL)")
+        .unwrap();
+    let tx = host_order(&mut host, "no wake");
+    d.emit_in(
+        &tx,
+        ORG,
+        vec![NewEvent::new(CREATED, &json!({"order": 1})).unwrap()],
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    assert!(
+        rx.wait_for(1, Duration::from_secs(3)),
+        "emit_in without wake was not noticed"
+    );
+
+    // Another handle on the file stands for an emit-only process.
+    let other_db = keyhook::Database::open(t.path()).unwrap();
+    let emit_only = Dispatcher::builder(&other_db, &registry)
+        .workers(0)
+        .start()
+        .unwrap();
+    emit_only.emit(ORG, CREATED, &json!({"order": 2})).unwrap();
+    assert!(
+        rx.wait_for(2, Duration::from_secs(3)),
+        "an emit by another connection was not noticed"
+    );
+    d.shutdown(WAIT).unwrap();
+}
+
 // ------------------------------------------------------------- retention
 
 #[test]

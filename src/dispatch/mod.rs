@@ -199,8 +199,11 @@ impl DispatcherBuilder {
         self
     }
 
-    /// The longest an idle worker sleeps before looking for work it was not
-    /// told about (events emitted by another process). Default: 1 second.
+    /// The longest an idle dispatcher sleeps before looking for work it was
+    /// not told about. Default: 1 second. Commits by other connections
+    /// (another process, [`Dispatcher::emit_in`] without
+    /// [`Dispatcher::wake`]) are noticed sooner: an idle dispatcher checks
+    /// SQLite's `data_version` every 50 ms.
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.config.poll_interval = interval.max(Duration::from_millis(1));
         self
@@ -528,7 +531,7 @@ impl Dispatcher {
     /// Emits events inside the host's own transaction on the same SQLite
     /// file (the outbox pattern): they exist if and only if `tx` commits.
     /// Call [`wake`](Self::wake) after the commit so workers start at once
-    /// (otherwise they notice within the poll interval).
+    /// (otherwise an idle dispatcher notices the commit within about 50 ms).
     ///
     /// `tx` must be on a connection to the file this dispatcher uses, opened
     /// with this crate's re-exported [`rusqlite`](crate::rusqlite).
@@ -551,7 +554,8 @@ impl Dispatcher {
     }
 
     /// Tells the workers that new work was committed outside
-    /// [`emit`](Self::emit) (after [`emit_in`](Self::emit_in)'s transaction).
+    /// [`emit`](Self::emit) (after [`emit_in`](Self::emit_in)'s transaction),
+    /// so they start at once rather than within about 50 ms.
     pub fn wake(&self) {
         self.shared.pump.emitted();
     }

@@ -35,6 +35,9 @@ const PREFETCH_PER_WORKER: usize = 8;
 /// busy, so that one commit records many.
 const RECORD_DELAY: Duration = Duration::from_millis(2);
 
+/// How often an idle pump looks for commits made by other connections.
+const WATCH_INTERVAL: Duration = Duration::from_millis(50);
+
 /// What the pump waits on: emits, finished attempts, stop.
 #[derive(Default)]
 pub(crate) struct PumpSignal {
@@ -366,7 +369,7 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             } else {
                 shared.config.poll_interval
             };
-            if wait(&shared, generation, idle) {
+            if watch(&shared, generation, idle) {
                 maybe_more = true;
             }
             continue;
@@ -466,6 +469,23 @@ fn wait(shared: &Shared, generation: u64, timeout: Duration) -> bool {
         })
         .unwrap_or_else(|e| e.into_inner());
     result.timed_out()
+}
+
+/// Like [`wait`], but looks every [`WATCH_INTERVAL`] for commits made by
+/// other connections (another process, or [`emit_in`](super::Dispatcher::emit_in)
+/// without [`wake`](super::Dispatcher::wake)); true if the timeout ran out or
+/// such a commit was seen.
+fn watch(shared: &Shared, generation: u64, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !wait(shared, generation, left.min(WATCH_INTERVAL)) {
+            return false;
+        }
+        if left <= WATCH_INTERVAL || shared.db.changed_elsewhere().unwrap_or(true) {
+            return true;
+        }
+    }
 }
 
 /// How long the pump sleeps with nothing to do: until the next due
