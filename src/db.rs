@@ -349,9 +349,9 @@ impl Database {
             let _turn = inner.lock_writer(turn);
             return Ok((immediate(&mut conn, f)?, CommitMark(0)));
         }
-        if inner.syncs && inner.sync_failed.load(Ordering::SeqCst) {
+        if self.sync_failed() {
             // Nothing more is committed that could not be made durable.
-            return Err(sync_failed());
+            return Err(sync_failed_error());
         }
         let mut writer = inner.lock_writer(turn);
         let value = immediate(writer.connection(inner)?, f)?;
@@ -433,7 +433,7 @@ impl Database {
     }
 }
 
-fn sync_failed() -> Error {
+fn sync_failed_error() -> Error {
     Error::Io(std::io::Error::other(
         "an earlier sync of the database to disk failed; open the database again",
     ))
@@ -489,7 +489,7 @@ impl Inner {
     /// Syncs the WAL (its lock held as `wal`) unless `mark` is covered.
     fn sync_locked(&self, wal: &mut Option<File>, mark: CommitMark) -> Result<()> {
         if self.sync_failed.load(Ordering::SeqCst) {
-            return Err(sync_failed());
+            return Err(sync_failed_error());
         }
         if mark.0 <= self.synced.load(Ordering::SeqCst) {
             return Ok(());

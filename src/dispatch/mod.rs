@@ -347,6 +347,19 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Stores events in a transaction of their own (synced) and wakes the
+    /// pump.
+    pub fn write_events(&self, org: &str, events: &[NewEvent]) -> Result<Vec<queue::Emitted>> {
+        let limits = self.emit_limits();
+        let emitted = self
+            .db
+            .write(|tx| queue::insert_events(tx, org, events, &limits))?;
+        if emitted.iter().any(|e| e.deliveries > 0) {
+            self.pump.emitted();
+        }
+        Ok(emitted)
+    }
+
     pub fn emit_limits(&self) -> EmitLimits {
         EmitLimits {
             max_body: self.config.max_body,
@@ -482,7 +495,7 @@ impl Dispatcher {
         let emitted = if worker::on_pump_thread() {
             // Host code reached from a pump (a logger, say) must not wait
             // for a pump.
-            self.write_events(org, &events)?
+            self.shared.write_events(org, &events)?
         } else {
             self.emit_through_pump(org, events)?
         };
@@ -502,7 +515,7 @@ impl Dispatcher {
             reply,
         };
         if self.shared.pump.submit(request).is_err() {
-            return self.write_events(org, &events);
+            return self.shared.write_events(org, &events);
         }
         match result.recv() {
             Ok(committed) => {
@@ -511,21 +524,8 @@ impl Dispatcher {
                 self.shared.db.sync(commit)?;
                 Ok(emitted)
             }
-            Err(mpsc::RecvError) => self.write_events(org, &events),
+            Err(mpsc::RecvError) => self.shared.write_events(org, &events),
         }
-    }
-
-    /// Stores events in a transaction of their own and wakes the pump.
-    fn write_events(&self, org: &str, events: &[NewEvent]) -> Result<Vec<queue::Emitted>> {
-        let limits = self.shared.emit_limits();
-        let emitted = self
-            .shared
-            .db
-            .write(|tx| queue::insert_events(tx, org, events, &limits))?;
-        if emitted.iter().any(|e| e.deliveries > 0) {
-            self.shared.pump.emitted();
-        }
-        Ok(emitted)
     }
 
     /// Emits events inside the host's own transaction on the same SQLite

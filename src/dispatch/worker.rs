@@ -390,9 +390,7 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
                 emits.len()
             );
             for request in &emits {
-                let emitted = shared.db.write(|tx| {
-                    queue::insert_events(tx, &request.org, &request.events, &emit_limits)
-                });
+                let emitted = shared.write_events(&request.org, &request.events);
                 let _ = request
                     .reply
                     .send(emitted.map(|e| (e, CommitMark::default())));
