@@ -62,7 +62,14 @@ impl std::fmt::Display for Rejection {
 pub enum Error {
     /// SQLite reported an error; the original is kept as the source.
     #[error("database error")]
-    Database(#[from] rusqlite::Error),
+    Database(#[source] rusqlite::Error),
+    /// Another connection or process held the database's write lock for
+    /// longer than the busy timeout ([`DatabaseBuilder::busy_timeout`](crate::DatabaseBuilder::busy_timeout));
+    /// nothing was written. Retrying later is safe.
+    #[error(
+        "the database is locked by another connection or process (waited the busy timeout); nothing was written"
+    )]
+    Locked(#[source] rusqlite::Error),
 
     /// The file exists but is not a SQLite database (or is encrypted or corrupt).
     #[error("{path} is not a SQLite database")]
@@ -161,6 +168,16 @@ pub enum Error {
     #[error("event data could not be serialized to JSON")]
     Serialize(#[source] serde_json::Error),
 
+    /// A dispatcher thread panicked outside any one attempt and stopped; the
+    /// dispatcher no longer delivers (see [`Dispatcher::health`](crate::Dispatcher::health)).
+    /// Emits are still stored, for the next dispatcher to deliver.
+    #[error("dispatcher thread {thread} stopped: {cause}")]
+    DispatcherFailed {
+        /// The thread's name, e.g. `keyhook-pump`.
+        thread: String,
+        /// Its panic message.
+        cause: String,
+    },
     /// The dispatcher's threads did not finish within the shutdown timeout
     /// (a worker still in an attempt, or the callbacks thread still making
     /// queued calls).
@@ -177,6 +194,17 @@ pub enum Error {
     /// opened again.
     #[error("I/O error")]
     Io(#[from] std::io::Error),
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Error {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                Error::Locked(e)
+            }
+            _ => Error::Database(e),
+        }
+    }
 }
 
 impl Error {

@@ -153,8 +153,9 @@ pub use db::{Database, DatabaseBuilder, Durability};
 pub use destination::DestinationPolicy;
 pub use dispatch::{
     Attempt, AttemptError, AttemptReport, Delivery, DeliveryState, DisableReason, Dispatcher,
-    DispatcherBuilder, EndpointStats, HistoryPage, HistoryQuery, MAX_HISTORY_RANGE, MAX_PAGE_SIZE,
-    MAX_RECOVERY_WINDOW, Notice, PurgeReport, RetryPolicy,
+    DispatcherBuilder, DispatcherHealth, EndpointStats, HistoryPage, HistoryQuery,
+    MAX_HISTORY_RANGE, MAX_PAGE_SIZE, MAX_RECOVERY_WINDOW, MAX_RETRY_DELAY, Notice, PurgeReport,
+    RetryPolicy,
 };
 pub use error::{Error, Rejection, Result};
 pub use event::NewEvent;

@@ -165,4 +165,12 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     INSERT INTO meta (key, value) VALUES ('cursor_key', randomblob(32));
     "#,
+    // 4: leased = 2 marks claims of endpoints not known to be healthy: only
+    // those count as attempts in flight (a dead process's unsent claims to
+    // a healthy endpoint hold nothing back).
+    r#"
+    DROP INDEX deliveries_in_flight;
+    CREATE INDEX deliveries_in_flight ON deliveries (endpoint_row, next_attempt_at)
+        WHERE state = 0 AND leased = 2;
+    "#,
 ];

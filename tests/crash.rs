@@ -93,6 +93,7 @@ fn child_process_entry() {
                 .expect("a start index");
             child_emit(&db_path, start)
         }
+        "one_worker" => child_one_worker(&db_path),
         "deliver" => {
             let stop = PathBuf::from(std::env::var(STOP_VAR).expect("KEYHOOK_CHILD_STOP_FILE"));
             child_deliver(&db_path, &stop);
@@ -131,6 +132,22 @@ fn child_emit(db_path: &Path, start: u64) -> ! {
         std::thread::sleep(Duration::from_millis(2));
     }
     unreachable!("the parent kills this process long before u64 runs out")
+}
+
+/// Delivers with one worker (5 s request timeout) until it is killed.
+fn child_one_worker(db_path: &Path) -> ! {
+    let db = Database::open(db_path).expect("open the database in the child");
+    let registry = loopback_registry(&db);
+    let _dispatcher = Dispatcher::builder(&db, &registry)
+        .workers(1)
+        .request_timeout(Duration::from_secs(5))
+        .poll_interval(Duration::from_millis(50))
+        .start()
+        .expect("start the dispatcher");
+    say(READY);
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// Delivers with four workers until `stop` exists, then shuts down cleanly
@@ -541,4 +558,84 @@ fn two_processes_deliver_each_event_once() {
     );
     assert_eq!(ids.len(), EVENTS);
     emitter.shutdown(Duration::from_secs(1)).unwrap();
+}
+
+/// A process dies holding claims it never sent (prefetched while the
+/// endpoint was healthy) after the endpoint started failing. The restarted
+/// process sends to that endpoint again within a few seconds, not a whole
+/// lease (2 × 5 s + 1 s) later.
+#[test]
+fn a_dead_process_s_unsent_claims_do_not_stall_a_failing_endpoint() {
+    let _heavy = heavy();
+    // 0: answer 204; 1: the first request gets 500, later ones hang; 2: 204.
+    let phase = Arc::new(AtomicUsize::new(0));
+    let failed_once = Arc::new(AtomicUsize::new(0));
+    let (p, f) = (Arc::clone(&phase), Arc::clone(&failed_once));
+    let rx = Receiver::start(move |_| match p.load(Ordering::SeqCst) {
+        1 if f.fetch_add(1, Ordering::SeqCst) == 0 => Reply::status(500),
+        1 => Reply::status(204).delay(Duration::from_secs(8)),
+        _ => Reply::status(204),
+    });
+    let t = TempDb::new();
+    let registry = prepare(&t.db, &rx);
+    // Proven healthy first, so the child prefetches its claims.
+    let d = Dispatcher::builder(&t.db, &registry)
+        .workers(1)
+        .start()
+        .unwrap();
+    d.emit(ORG, EVENT_TYPE, &serde_json::json!({ "warm": true }))
+        .unwrap();
+    assert!(rx.wait_for(1, Duration::from_secs(10)));
+    d.shutdown(Duration::from_secs(10)).unwrap();
+    let emitter = Dispatcher::builder(&t.db, &registry)
+        .workers(0)
+        .start()
+        .unwrap();
+    for i in 0..20 {
+        emitter
+            .emit(ORG, EVENT_TYPE, &serde_json::json!({ "i": i }))
+            .unwrap();
+    }
+    phase.store(1, Ordering::SeqCst);
+    let db_path = t.path().to_str().expect("a UTF-8 temp path").to_owned();
+    let mut child = ChildProc::spawn("one_worker", &[(DB_VAR, db_path)]);
+    child.wait_ready();
+    // The 500, then a request that hangs; the failure is recorded.
+    assert!(rx.wait_for(3, Duration::from_secs(20)));
+    let raw = rusqlite::Connection::open(t.path()).unwrap();
+    let failing = || -> bool {
+        raw.query_row(
+            "SELECT MAX(consecutive_failures) > 0 FROM endpoints",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !failing() {
+        assert!(Instant::now() < deadline, "the failure was not recorded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_sigkilled(child.kill());
+    phase.store(2, Ordering::SeqCst);
+    let before = rx.count();
+
+    // The restarted process.
+    let restarted = Instant::now();
+    let d = Dispatcher::builder(&t.db, &registry)
+        .workers(1)
+        .request_timeout(Duration::from_secs(5))
+        .poll_interval(Duration::from_millis(50))
+        .start()
+        .unwrap();
+    assert!(
+        rx.wait_for(before + 1, Duration::from_secs(30)),
+        "nothing sent after the restart"
+    );
+    let waited = restarted.elapsed();
+    assert!(
+        waited < Duration::from_secs(4),
+        "the failing endpoint waited {waited:?} after the restart"
+    );
+    d.shutdown(Duration::from_secs(10)).unwrap();
 }

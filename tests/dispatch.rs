@@ -684,6 +684,15 @@ fn healthy_endpoint_is_served_beside_slow_ones(proven: bool) {
         slow_rx.wait_for(3, WAIT),
         "the slow endpoints were not all being attempted"
     );
+    // Until their first attempts fail they are new endpoints, like the
+    // healthy one, and share the slots of endpoints not known to be healthy;
+    // once failing, they leave one of those slots to new endpoints.
+    assert!(wait_until(WAIT, || slow.iter().all(|(org, id)| {
+        d.deliveries(org, id, 100)
+            .unwrap()
+            .iter()
+            .any(|del| !del.attempts.is_empty())
+    })));
 
     let mut emitted: Vec<(String, Instant)> = Vec::new();
     for i in 0..20 {

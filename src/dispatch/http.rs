@@ -39,6 +39,9 @@ pub enum AttemptError {
     Tls,
     /// Anything else (the log has details).
     Other,
+    /// keyhook or host code running on the worker (a logger, say)
+    /// panicked during the attempt; the panic was contained and logged.
+    Panic,
 }
 
 impl AttemptError {
@@ -52,6 +55,7 @@ impl AttemptError {
             AttemptError::DestinationRefused => "destination_refused",
             AttemptError::Tls => "tls",
             AttemptError::Other => "other",
+            AttemptError::Panic => "panic",
         }
     }
 
@@ -63,6 +67,7 @@ impl AttemptError {
             "dns" => AttemptError::Dns,
             "destination_refused" => AttemptError::DestinationRefused,
             "tls" => AttemptError::Tls,
+            "panic" => AttemptError::Panic,
             _ => AttemptError::Other,
         }
     }
@@ -103,6 +108,15 @@ impl Response {
             retry_after: None,
             excerpt: Vec::new(),
             duration: Duration::ZERO,
+        }
+    }
+
+    /// An attempt that panicked before it had an answer.
+    pub fn panicked(duration: Duration) -> Response {
+        Response {
+            error: Some(AttemptError::Panic),
+            duration,
+            ..Response::not_sent()
         }
     }
 

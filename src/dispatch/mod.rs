@@ -24,7 +24,7 @@ pub use history::{
 };
 pub use http::AttemptError;
 pub use queue::PurgeReport;
-pub use retry::RetryPolicy;
+pub use retry::{MAX_RETRY_DELAY, RetryPolicy};
 
 use queue::{EmitLimits, Next};
 use worker::{EmitRequest, Jobs, PumpSignal};
@@ -159,6 +159,54 @@ pub(crate) struct Config {
     pub retention_interval: Duration,
 }
 
+/// The longest request timeout and poll interval accepted.
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The longest auto-disable period and retention interval accepted.
+const MAX_PERIOD: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The longest retention accepted.
+const MAX_RETENTION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+impl Config {
+    /// Refuses absurd durations, which could only be mistakes and would
+    /// overflow time arithmetic on the dispatcher's threads.
+    fn check(&self) -> Result<()> {
+        fn within(field: &'static str, d: Duration, max: Duration, what: &str) -> Result<()> {
+            if d > max {
+                return Err(Error::invalid(
+                    field,
+                    format!("{d:?} is beyond the limit of {what}"),
+                ));
+            }
+            Ok(())
+        }
+        if self.request_timeout.is_zero() {
+            return Err(Error::invalid("request_timeout", "must be more than zero"));
+        }
+        within(
+            "request_timeout",
+            self.request_timeout,
+            MAX_TIMEOUT,
+            "one hour",
+        )?;
+        within("poll_interval", self.poll_interval, MAX_TIMEOUT, "one hour")?;
+        self.retry
+            .check()
+            .map_err(|reason| Error::invalid("retry_policy", reason))?;
+        if let Some(period) = self.auto_disable_after {
+            within("auto_disable_after", period, MAX_PERIOD, "365 days")?;
+        }
+        if let Some(age) = self.retention {
+            within("retention", age, MAX_RETENTION, "10 years")?;
+        }
+        within(
+            "retention_interval",
+            self.retention_interval,
+            MAX_PERIOD,
+            "365 days",
+        )
+    }
+}
+
 impl DispatcherBuilder {
     /// Worker threads making attempts. Default: 4. Zero makes an emit-only
     /// dispatcher (another process delivers).
@@ -275,10 +323,11 @@ impl DispatcherBuilder {
     ///
     /// [`Error::Io`] if a thread cannot be spawned (the ones started are stopped).
     pub fn start(self) -> Result<Dispatcher> {
+        self.config.check()?;
         let timeout = self.config.request_timeout;
         // The lease outlasts the request timeout with room to record the
         // result, so a slow receiver is never sent a duplicate meanwhile.
-        let lease_ms = duration_ms(timeout) * 2 + 1000;
+        let lease_ms = duration_ms(timeout).saturating_mul(2).saturating_add(1000);
         let shared = Arc::new(Shared {
             agent: http::agent(self.policy, timeout, self.workers.max(1)),
             db: self.db.clone(),
@@ -287,6 +336,7 @@ impl DispatcherBuilder {
             pump: PumpSignal::default(),
             jobs: Jobs::default(),
             hooks: Hooks::new(self.db, self.observer, self.notices),
+            failure: Mutex::new(None),
         });
         let dispatcher = Dispatcher {
             shared: Arc::clone(&shared),
@@ -296,8 +346,16 @@ impl DispatcherBuilder {
             return Ok(dispatcher);
         }
         let workers = self.workers;
+        // Every thread reports a panic that escapes it: the dispatcher
+        // stops, and says why (health, shutdown, the log).
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new().name(name).spawn(f)
+            let shared = Arc::clone(&shared);
+            let thread = name.clone();
+            std::thread::Builder::new().name(name).spawn(move || {
+                if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                    shared.failed(thread, worker::panic_message(panic.as_ref()));
+                }
+            })
         };
         if let Some(callbacks) = shared.hooks.start()? {
             dispatcher.lock_threads().push(callbacks);
@@ -344,9 +402,39 @@ pub(crate) struct Shared {
     pub pump: PumpSignal,
     pub jobs: Jobs,
     pub hooks: Hooks,
+    /// The first thread that died of a panic, and why.
+    failure: Mutex<Option<(String, String)>>,
 }
 
 impl Shared {
+    /// A thread died of a panic: remember the first, stop the others, say so.
+    fn failed(&self, thread: String, cause: String) {
+        let first = {
+            let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+            let first = failure.is_none();
+            if first {
+                *failure = Some((thread.clone(), cause.clone()));
+            }
+            first
+        };
+        self.pump.stop();
+        self.jobs.close();
+        if first {
+            worker::contained(|| {
+                log::error!(
+                    "keyhook: dispatcher thread {thread} panicked and stopped: {cause}; the dispatcher no longer delivers (emits are still stored)"
+                )
+            });
+        }
+    }
+
+    fn failure(&self) -> Option<(String, String)> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Stores events in a transaction of their own (synced) and wakes the
     /// pump.
     pub fn write_events(&self, org: &str, events: &[NewEvent]) -> Result<Vec<queue::Emitted>> {
@@ -691,7 +779,7 @@ impl Dispatcher {
     ///
     /// [`Error::Database`]; what was purged before the error stays purged.
     pub fn purge(&self, older_than: Duration) -> Result<PurgeReport> {
-        let cutoff = crate::db::now_ms() - duration_ms(older_than);
+        let cutoff = crate::db::now_ms().saturating_sub(duration_ms(older_than));
         queue::purge(&self.shared.db, cutoff, &|| false)
     }
 
@@ -728,15 +816,35 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Whether the dispatcher delivers: [`Running`](DispatcherHealth::Running),
+    /// [`Stopped`](DispatcherHealth::Stopped) by [`shutdown`](Self::shutdown)
+    /// (or never started: zero workers), or
+    /// [`Failed`](DispatcherHealth::Failed) because one of its threads
+    /// panicked outside an attempt. A host can poll it from a health check.
+    pub fn health(&self) -> DispatcherHealth {
+        if let Some((thread, cause)) = self.shared.failure() {
+            return DispatcherHealth::Failed { thread, cause };
+        }
+        let threads = self.lock_threads();
+        if threads.is_empty() || self.shared.pump.lock().stopping {
+            DispatcherHealth::Stopped
+        } else {
+            DispatcherHealth::Running
+        }
+    }
+
     /// Stops claiming work, lets attempts in flight finish within `timeout`,
-    /// and joins the worker threads. What is left is delivered after the
-    /// next start. Calling it twice is harmless.
+    /// and joins the threads. What is left is delivered after the next
+    /// start. Calling it twice is harmless. It returns within `timeout`
+    /// (give or take a few milliseconds), whatever the threads do.
     ///
     /// # Errors
     ///
-    /// [`Error::ShutdownTimedOut`] if some threads were still in an attempt
-    /// (or making queued callback calls) at the deadline; they stop on their
-    /// own after it.
+    /// [`Error::DispatcherFailed`] if a thread had panicked (outside an
+    /// attempt: those are contained and recorded), so the dispatcher was
+    /// not delivering; [`Error::ShutdownTimedOut`] if some threads were
+    /// still in an attempt (or making queued callback calls) at the
+    /// deadline; they stop on their own after it.
     pub fn shutdown(&self, timeout: Duration) -> Result<()> {
         self.shared.pump.stop();
         let deadline = Instant::now() + timeout;
@@ -747,19 +855,41 @@ impl Dispatcher {
         let (finished, unfinished): (Vec<_>, Vec<_>) =
             threads.drain(..).partition(|t| t.is_finished());
         for t in finished {
-            if t.join().is_err() {
-                log::error!("keyhook: a worker thread panicked");
-            }
+            // A panic was caught in the thread and recorded: it ends cleanly.
+            let _ = t.join();
         }
-        if unfinished.is_empty() {
-            Ok(())
-        } else {
-            let n = unfinished.len();
-            // Keep the handles: a later shutdown can still join them.
-            threads.extend(unfinished);
-            Err(Error::ShutdownTimedOut { unfinished: n })
+        let unfinished_count = unfinished.len();
+        // Keep the handles: a later shutdown can still join them.
+        threads.extend(unfinished);
+        drop(threads);
+        if let Some((thread, cause)) = self.shared.failure() {
+            return Err(Error::DispatcherFailed { thread, cause });
         }
+        if unfinished_count > 0 {
+            return Err(Error::ShutdownTimedOut {
+                unfinished: unfinished_count,
+            });
+        }
+        Ok(())
     }
+}
+
+/// Whether a [`Dispatcher`] delivers ([`Dispatcher::health`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DispatcherHealth {
+    /// Its threads run.
+    Running,
+    /// Shut down (or dropped), or started with zero workers.
+    Stopped,
+    /// A thread panicked outside any one attempt; the dispatcher stopped
+    /// delivering. Emits are still stored; a new dispatcher delivers them.
+    Failed {
+        /// The thread's name, e.g. `keyhook-pump`.
+        thread: String,
+        /// Its panic message.
+        cause: String,
+    },
 }
 
 impl Drop for Dispatcher {

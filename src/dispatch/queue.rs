@@ -31,10 +31,27 @@ pub(crate) struct EndpointTarget {
     pub headers: Vec<(String, String)>,
     /// Pre-keyed signers, one per secret signing now.
     pub signers: Vec<Signer>,
-    /// The endpoint's last attempt failed (see [`ClaimLimits`]).
-    pub limited: bool,
-    /// The endpoint has not succeeded yet (one attempt in flight until it does).
-    pub unproven: bool,
+    /// What was known of the endpoint when it was claimed.
+    pub health: Health,
+}
+
+/// What the dispatcher knows of an endpoint, which decides how much of the
+/// workers it may hold (see [`ClaimLimits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Health {
+    /// It has succeeded and its last attempt did not fail.
+    Healthy,
+    /// It has never succeeded, nor failed: new, or never sent anything.
+    Unproven,
+    /// Its last attempt failed.
+    Failing,
+}
+
+impl Health {
+    /// Not known to be healthy: its attempts count against the limited slots.
+    pub fn limited(self) -> bool {
+        self != Health::Healthy
+    }
 }
 
 /// What a worker needs to make one attempt.
@@ -153,13 +170,20 @@ pub(crate) fn insert_events(
 pub(crate) struct ClaimLimits {
     /// Deliveries to claim at most (idle workers).
     pub max: usize,
-    /// Of those, at most this many to "limited" endpoints: ones that failed
-    /// recently or never succeeded, which may be slow or dead.
+    /// Of those, at most this many to endpoints not known to be healthy
+    /// (new or failing), which may be slow or dead.
     pub max_limited: usize,
+    /// Of those, at most this many to failing endpoints, so new ones keep
+    /// a slot.
+    pub max_failing: usize,
     /// Attempts in flight at once to one limited endpoint, across processes.
     pub per_endpoint: u32,
     /// How far the lease pushes `next_attempt_at`.
     pub lease_ms: i64,
+    /// Deliveries this process's workers hold (a JSON array of row ids):
+    /// never claimed again, whatever their lease looks like (a wall-clock
+    /// step can make a lease in progress look expired).
+    pub held: String,
 }
 
 /// What one step of the dispatcher did.
@@ -199,7 +223,7 @@ pub(crate) fn step(
         let now = now_ms();
         let recorded = done
             .iter()
-            .map(|c| complete_one(tx, c, now, policy))
+            .map(|c| record_isolated(tx, c, now, policy))
             .collect::<Result<Vec<_>>>()?;
         let claimed = claim_batch(tx, limits)?;
         Ok((emitted, recorded, claimed))
@@ -227,12 +251,12 @@ pub(crate) fn in_savepoint<T>(
         tx.prepare_cached(sql)?.execute([])?;
         Ok(())
     };
-    run("SAVEPOINT keyhook_emit")?;
+    run("SAVEPOINT keyhook_one")?;
     let result = f(tx);
     if result.is_err() {
-        run("ROLLBACK TO keyhook_emit")?;
+        run("ROLLBACK TO keyhook_one")?;
     }
-    run("RELEASE keyhook_emit")?;
+    run("RELEASE keyhook_one")?;
     Ok(result)
 }
 
@@ -249,73 +273,87 @@ pub(crate) struct Recorded {
     /// but the delivery row was left alone.
     pub applied: bool,
     pub notices: Vec<Notice>,
+    /// Why nothing was recorded: the delivery is gone (its endpoint was
+    /// deleted, say), or its record broke a constraint of its own.
+    pub dropped: Option<String>,
 }
 
-/// How many due deliveries the fast claim query looks at per delivery wanted.
-const CLAIM_SCAN_PER_ROW: i64 = 8;
+impl Recorded {
+    fn dropped(why: String) -> Recorded {
+        Recorded {
+            applied: false,
+            notices: Vec::new(),
+            dropped: Some(why),
+        }
+    }
+}
+
+/// Records one finished attempt in a savepoint of its own: a record that
+/// cannot be written (its row broke a constraint) is dropped alone, and the
+/// others in the step stand. Errors of the whole transaction (I/O, a full
+/// disk) fail the step, and every attempt in it is kept for the next one.
+fn record_isolated(
+    tx: &Transaction<'_>,
+    c: &Completion,
+    now: i64,
+    policy: &HealthPolicy,
+) -> Result<Recorded> {
+    match in_savepoint(tx, |tx| complete_one(tx, c, now, policy))? {
+        Ok(recorded) => Ok(recorded),
+        Err(Error::Database(e))
+            if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) =>
+        {
+            Ok(Recorded::dropped(e.to_string()))
+        }
+        Err(e) => Err(e),
+    }
+}
 
 /// Leases due deliveries with atomic `UPDATE … RETURNING` statements: each
 /// one's `next_attempt_at` moves to the lease end, so if this process dies
 /// the delivery is simply due again then, and no other worker or process can
 /// claim it meanwhile.
 ///
-/// Limited endpoints (failing, or not yet proven) get at most `per_endpoint`
-/// attempts in flight across processes and `max_limited` of this batch, so
-/// slow or dead endpoints never take every worker; everything else is
-/// claimed oldest due first.
+/// Endpoints not known to be healthy get at most `per_endpoint` attempts in
+/// flight across processes, new ones first, then failing ones, within
+/// `max_limited` and `max_failing`, so slow or dead endpoints never take
+/// every worker; everything else is claimed oldest due first. The cost
+/// follows the endpoints that have pending deliveries, never the number
+/// registered.
 pub(crate) fn claim_batch(conn: &Connection, limits: &ClaimLimits) -> Result<Vec<Claimed>> {
     let now = now_ms();
     let lease_until = now + limits.lease_ms;
+    let run = |sql: &str, max: usize, failing: bool| {
+        claim_rows(
+            conn,
+            sql,
+            params![
+                now,
+                lease_until,
+                max as i64,
+                limits.per_endpoint,
+                failing,
+                limits.held
+            ],
+        )
+    };
     let mut rows = Vec::new();
-    if limits.max_limited > 0 && limits.max > 0 {
-        rows = claim_rows(
-            conn,
-            CLAIM_LIMITED_SQL,
-            params![
-                now,
-                lease_until,
-                limits.max.min(limits.max_limited) as i64,
-                limits.per_endpoint,
-                true
-            ],
-        )?;
+    let limited = limits.max.min(limits.max_limited);
+    if limited > 0 {
+        rows = run(CLAIM_LIMITED_SQL, limited, false)?;
+        let failing = (limited - rows.len()).min(limits.max_failing);
+        if failing > 0 {
+            rows.extend(run(CLAIM_LIMITED_SQL, failing, true)?);
+        }
     }
     if rows.len() < limits.max {
-        // Endpoints not yet proven (never succeeded, never failed) also get
-        // one attempt in flight, but do not compete with failing ones.
-        rows.extend(claim_rows(
-            conn,
-            CLAIM_LIMITED_SQL,
-            params![
-                now,
-                lease_until,
-                (limits.max - rows.len()) as i64,
-                limits.per_endpoint,
-                false
-            ],
-        )?);
-    }
-    if rows.len() < limits.max {
-        rows.extend(claim_rows(
-            conn,
-            CLAIM_HEALTHY_SQL,
-            params![
-                now,
-                lease_until,
-                (limits.max - rows.len()) as i64,
-                (limits.max as i64 * CLAIM_SCAN_PER_ROW).max(64)
-            ],
-        )?);
+        rows.extend(run(CLAIM_HEALTHY_SQL, limits.max - rows.len(), false)?);
     }
     if rows.len() < limits.max {
         // The fast scan may have been filled by due deliveries of limited
         // endpoints at capacity: find healthy endpoints' work per endpoint,
         // through an index, whatever lies ahead of it.
-        rows.extend(claim_rows(
-            conn,
-            CLAIM_HEALTHY_DEEP_SQL,
-            params![now, lease_until, (limits.max - rows.len()) as i64],
-        )?);
+        rows.extend(run(CLAIM_HEALTHY_DEEP_SQL, limits.max - rows.len(), false)?);
     }
     // Endpoint settings and secrets are read once per endpoint in the batch.
     let mut endpoints: HashMap<i64, Arc<EndpointTarget>> = HashMap::new();
@@ -364,17 +402,26 @@ fn with_event(
     })
 }
 
+// Every claim statement takes the same parameters: ?1 now, ?2 the lease
+// end, ?3 how many, ?4 attempts in flight per limited endpoint, ?5 failing
+// (or new) endpoints, ?6 the rows this process holds (a JSON array).
+//
 // Every `LIMIT (SELECT ?n)` is deliberate: SQLite re-prepares a statement
 // whenever a value bound to a plain `LIMIT ?n` changes (it plans with the
 // value), which cost more than the claim itself.
 
-/// Wraps a selection of delivery rows in the statement that leases them:
-/// `?1` is now, `?2` the lease end.
+/// Wraps a selection of delivery rows in the statement that leases them.
+/// `leased` is 2 for claims of limited endpoints, which count as in flight
+/// until their lease ends, and 1 for the others, which never count: a
+/// process that dies with claims it never sent does not hold back their
+/// endpoints.
 macro_rules! lease {
-    ($select:literal) => {
+    ($leased:literal, $select:expr) => {
         concat!(
             "UPDATE deliveries
-             SET next_attempt_at = ?2, leased = 1, attempts = attempts + 1, updated_at = ?1
+             SET next_attempt_at = ?2, leased = ",
+            $leased,
+            ", attempts = attempts + 1, updated_at = ?1
              WHERE state = 0 AND row_id IN (",
             $select,
             ")
@@ -383,29 +430,56 @@ macro_rules! lease {
     };
 }
 
+/// The endpoints with pending deliveries, walked one index seek each (a
+/// loose index scan): what the claims cost follows the endpoints with work,
+/// not the endpoints registered.
+macro_rules! with_pending_endpoints {
+    ($select:literal) => {
+        concat!(
+            "WITH RECURSIVE pending(endpoint_row) AS (
+                SELECT (SELECT MIN(endpoint_row) FROM deliveries
+                        INDEXED BY deliveries_due_by_endpoint WHERE state = 0)
+                UNION ALL
+                SELECT (SELECT MIN(d.endpoint_row) FROM deliveries d
+                        INDEXED BY deliveries_due_by_endpoint
+                        WHERE d.state = 0 AND d.endpoint_row > p.endpoint_row)
+                FROM pending p WHERE p.endpoint_row IS NOT NULL
+            ) ",
+            $select
+        )
+    };
+}
+
 /// The oldest due delivery of each limited endpoint with a free slot:
-/// failing endpoints when `?5` is true, unproven ones when false.
+/// failing endpoints when `?5` is true, new ones when false.
 const CLAIM_LIMITED_SQL: &str = lease!(
-    "SELECT (SELECT d.row_id FROM deliveries d INDEXED BY deliveries_due_by_endpoint
-             WHERE d.endpoint_row = e.row_id AND d.state = 0 AND d.next_attempt_at <= ?1
-             ORDER BY d.next_attempt_at, d.row_id LIMIT 1) AS next_row
-     FROM endpoints e INDEXED BY endpoints_limited
-     WHERE e.enabled = 1 AND (e.consecutive_failures > 0 OR e.last_success_at IS NULL)
-       AND (e.consecutive_failures > 0) = ?5
-       AND (SELECT COUNT(*) FROM deliveries x INDEXED BY deliveries_in_flight
-            WHERE x.endpoint_row = e.row_id AND x.state = 0 AND x.leased = 1
-              AND x.next_attempt_at > ?1) < ?4
-       AND next_row IS NOT NULL
-     ORDER BY next_row
-     LIMIT (SELECT ?3)"
+    2,
+    with_pending_endpoints!(
+        "SELECT (SELECT d.row_id FROM deliveries d INDEXED BY deliveries_due_by_endpoint
+                 WHERE d.endpoint_row = e.row_id AND d.state = 0 AND d.next_attempt_at <= ?1
+                   AND d.row_id NOT IN (SELECT value FROM json_each(?6))
+                 ORDER BY d.next_attempt_at, d.row_id LIMIT 1) AS next_row
+         FROM pending p JOIN endpoints e ON e.row_id = p.endpoint_row
+         WHERE e.enabled = 1 AND (e.consecutive_failures > 0 OR e.last_success_at IS NULL)
+           AND (e.consecutive_failures > 0) = ?5
+           AND (SELECT COUNT(*) FROM deliveries x INDEXED BY deliveries_in_flight
+                WHERE x.endpoint_row = e.row_id AND x.state = 0 AND x.leased = 2
+                  AND x.next_attempt_at > ?1) < ?4
+           AND next_row IS NOT NULL
+         ORDER BY next_row
+         LIMIT (SELECT ?3)"
+    )
 );
 
-/// Due deliveries of healthy endpoints among the oldest due.
+/// Due deliveries of healthy endpoints among the oldest due (eight per
+/// delivery wanted, at least 64).
 const CLAIM_HEALTHY_SQL: &str = lease!(
+    1,
     "SELECT d.row_id
      FROM (SELECT row_id, endpoint_row FROM deliveries INDEXED BY deliveries_due
            WHERE state = 0 AND next_attempt_at <= ?1
-           ORDER BY next_attempt_at, row_id LIMIT (SELECT ?4)) d
+             AND row_id NOT IN (SELECT value FROM json_each(?6))
+           ORDER BY next_attempt_at, row_id LIMIT (SELECT MAX(?3 * 8, 64))) d
      JOIN endpoints e ON e.row_id = d.endpoint_row
      WHERE e.enabled = 1 AND e.consecutive_failures = 0 AND e.last_success_at IS NOT NULL
      LIMIT (SELECT ?3)"
@@ -413,12 +487,18 @@ const CLAIM_HEALTHY_SQL: &str = lease!(
 
 /// Due deliveries of healthy endpoints, found endpoint by endpoint.
 const CLAIM_HEALTHY_DEEP_SQL: &str = lease!(
-    "SELECT d.row_id
-     FROM endpoints e CROSS JOIN deliveries d INDEXED BY deliveries_due_by_endpoint
-     WHERE e.enabled = 1 AND e.consecutive_failures = 0 AND e.last_success_at IS NOT NULL
-       AND d.endpoint_row = e.row_id AND d.state = 0 AND d.next_attempt_at <= ?1
-     ORDER BY d.next_attempt_at, d.row_id
-     LIMIT (SELECT ?3)"
+    1,
+    with_pending_endpoints!(
+        "SELECT d.row_id
+         FROM pending p
+         JOIN endpoints e ON e.row_id = p.endpoint_row
+         JOIN deliveries d INDEXED BY deliveries_due_by_endpoint
+           ON d.endpoint_row = e.row_id AND d.state = 0 AND d.next_attempt_at <= ?1
+         WHERE e.enabled = 1 AND e.consecutive_failures = 0 AND e.last_success_at IS NOT NULL
+           AND d.row_id NOT IN (SELECT value FROM json_each(?6))
+         ORDER BY d.next_attempt_at, d.row_id
+         LIMIT (SELECT ?3)"
+    )
 );
 
 fn claim_rows(
@@ -458,7 +538,7 @@ fn give_back(tx: &Transaction<'_>, c: &Claimed, now: i64) -> Result<bool> {
 }
 
 fn load_endpoint(conn: &Connection, endpoint_row: i64, now: i64) -> Result<EndpointTarget> {
-    let (endpoint_id, org, url, headers, limited, unproven) = conn
+    let (endpoint_id, org, url, headers, failing, unproven) = conn
         .prepare_cached(
             "SELECT id, org_id, url, headers, consecutive_failures > 0,
                     last_success_at IS NULL
@@ -482,8 +562,13 @@ fn load_endpoint(conn: &Connection, endpoint_row: i64, now: i64) -> Result<Endpo
         url,
         headers: headers_from_json(&headers),
         signers: secrets.iter().map(Signer::new).collect(),
-        limited,
-        unproven,
+        health: if failing {
+            Health::Failing
+        } else if unproven {
+            Health::Unproven
+        } else {
+            Health::Healthy
+        },
     })
 }
 
@@ -503,9 +588,21 @@ fn complete_one(
 ) -> Result<Recorded> {
     let (claimed, response, target) = (&c.claimed, &c.response, &c.claimed.target);
     let mut notices = Vec::new();
+    if !tx
+        .prepare_cached("SELECT 1 FROM deliveries WHERE row_id = ?1")?
+        .exists([claimed.delivery_row])?
+    {
+        return Ok(Recorded::dropped(
+            "the delivery no longer exists (its endpoint was deleted, or it was purged)".into(),
+        ));
+    }
     if c.next == Next::NotSent {
         let applied = give_back(tx, claimed, now)?;
-        return Ok(Recorded { applied, notices });
+        return Ok(Recorded {
+            applied,
+            notices,
+            dropped: None,
+        });
     }
     let (state, next_at) = match c.next {
         Next::Delivered => (DELIVERED, None),
@@ -554,7 +651,7 @@ fn complete_one(
         c.manual
     ])?;
     if response.is_success() {
-        if target.limited {
+        if target.health == Health::Failing {
             // It was failing when claimed: tell the host if this ends that.
             let failing_since: Option<Option<i64>> = tx
                 .prepare_cached(
@@ -628,7 +725,11 @@ fn complete_one(
             attempts: claimed.attempt,
         });
     }
-    Ok(Recorded { applied, notices })
+    Ok(Recorded {
+        applied,
+        notices,
+        dropped: None,
+    })
 }
 
 /// Loads a delivery of `org` for a manual attempt, without leasing it.

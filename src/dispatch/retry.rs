@@ -108,16 +108,46 @@ impl RetryPolicy {
     ) -> Option<Duration> {
         let base = *self.schedule.get(attempts as usize)?;
         let factor = 1.0 + self.jitter * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
-        let mut delay = base.mul_f64(factor);
+        // Checked even though `check` bounds every input: a policy is data,
+        // and no schedule may turn into a panic or a wrap on a worker.
+        let mut delay = Duration::try_from_secs_f64(base.as_secs_f64() * factor)
+            .unwrap_or(MAX_RETRY_DELAY)
+            .min(MAX_RETRY_DELAY);
         if throttled {
-            delay = delay.max(self.throttle_delay);
+            delay = delay.max(self.throttle_delay.min(MAX_RETRY_DELAY));
         }
         if let Some(asked) = retry_after {
-            delay = asked.clamp(delay, delay * 2);
+            delay = asked.clamp(delay, delay.saturating_mul(2));
         }
         Some(delay)
     }
+
+    /// Refuses waits beyond [`MAX_RETRY_DELAY`], which could only be mistakes and
+    /// would overflow time arithmetic.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if let Some((i, wait)) = self
+            .schedule
+            .iter()
+            .enumerate()
+            .find(|(_, w)| **w > MAX_RETRY_DELAY)
+        {
+            return Err(format!(
+                "wait {} of the schedule ({wait:?}) is beyond the limit of 30 days",
+                i + 1
+            ));
+        }
+        if self.throttle_delay > MAX_RETRY_DELAY {
+            return Err(format!(
+                "the throttle delay ({:?}) is beyond the limit of 30 days",
+                self.throttle_delay
+            ));
+        }
+        Ok(())
+    }
 }
+
+/// The longest wait a retry schedule may hold: 30 days.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The longest `Retry-After` honoured; a longer one is ignored (the
 /// schedule applies).

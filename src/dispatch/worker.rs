@@ -9,7 +9,7 @@
 //! only sign and send: they take claimed deliveries from a queue and hand the
 //! outcome back to the pump.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -23,7 +23,9 @@ use crate::signing::sign;
 
 use super::hooks::CloseOnDrop;
 use super::http::{self, Request, Response, redacted_target};
-use super::queue::{self, ClaimLimits, Claimed, Completion, Emitted, Next, Stepped};
+use super::queue::{
+    self, ClaimLimits, Claimed, Completion, Emitted, Health, Next, Recorded, Stepped,
+};
 use super::retry::parse_retry_after;
 use super::{AttemptReport, Shared};
 
@@ -34,6 +36,9 @@ const PREFETCH_PER_WORKER: usize = 8;
 /// The longest a finished attempt waits to be recorded while workers are
 /// busy, so that one commit records many.
 const RECORD_DELAY: Duration = Duration::from_millis(2);
+
+/// How long after start the first retention purge runs.
+const FIRST_PURGE_DELAY: Duration = Duration::from_secs(3);
 
 /// How often an idle pump looks for commits made by other connections.
 const WATCH_INTERVAL: Duration = Duration::from_millis(50);
@@ -197,9 +202,19 @@ impl Jobs {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Queues claimed jobs: those to endpoints not known to be healthy go
+    /// first, since they count as in flight from their claim on.
     fn push(&self, jobs: Vec<Claimed>) {
         let n = jobs.len();
-        self.lock().0.extend(jobs);
+        let mut g = self.lock();
+        for job in jobs {
+            if job.target.health.limited() {
+                g.0.push_front(job);
+            } else {
+                g.0.push_back(job);
+            }
+        }
+        drop(g);
         for _ in 0..n {
             self.cond.notify_one();
         }
@@ -209,7 +224,7 @@ impl Jobs {
         self.lock().0.drain(..).collect()
     }
 
-    fn close(&self) {
+    pub(crate) fn close(&self) {
         self.lock().1 = true;
         self.cond.notify_all();
     }
@@ -232,11 +247,7 @@ impl Jobs {
 pub(crate) fn run_worker(shared: Arc<Shared>) {
     let timeout_ms = duration_ms(shared.config.request_timeout);
     while let Some(claimed) = shared.jobs.next() {
-        let (response, next) = if now_ms() + timeout_ms + 500 > claimed.lease_until {
-            // Sending now could outlast the lease, and another worker could
-            // then send the same attempt: give it back instead.
-            (Response::not_sent(), Next::NotSent)
-        } else if let Err(e) = shared.db.sync(claimed.commit) {
+        let (response, next) = if let Err(e) = shared.db.sync(claimed.commit) {
             // What claimed it must be on disk before anything is sent. Give
             // it back (the pump claims nothing more: every write is refused
             // once a sync has failed).
@@ -245,10 +256,13 @@ pub(crate) fn run_worker(shared: Arc<Shared>) {
                 claimed.event_id
             );
             (Response::not_sent(), Next::NotSent)
+        } else if now_ms().saturating_add(timeout_ms + 500) > claimed.lease_until {
+            // Checked after the sync (which has no time bound), just before
+            // sending: the request could outlast the lease, and another
+            // process could then send the same attempt. Give it back.
+            (Response::not_sent(), Next::NotSent)
         } else {
-            let response = deliver(&shared, &claimed);
-            let next = decide(&shared, &claimed, &response);
-            (response, next)
+            attempt(&shared, &claimed)
         };
         shared.pump.finished(Completion {
             claimed,
@@ -259,37 +273,150 @@ pub(crate) fn run_worker(shared: Arc<Shared>) {
     }
 }
 
+/// Sends one attempt and decides what follows. A panic (in keyhook, or in
+/// host code such as a logger) is contained: the attempt is recorded as
+/// failed with [`AttemptError::Panic`](super::AttemptError::Panic), the
+/// worker goes on, and the pump's count of attempts in flight balances.
+fn attempt(shared: &Shared, claimed: &Claimed) -> (Response, Next) {
+    let started = Instant::now();
+    let sent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let response = deliver(shared, claimed);
+        let next = decide(shared, claimed, &response);
+        (response, next)
+    }));
+    sent.unwrap_or_else(|panic| {
+        let cause = panic_message(panic.as_ref());
+        contained(|| {
+            log::error!(
+                "keyhook: attempt {} of {} to {} panicked: {cause}",
+                claimed.attempt,
+                claimed.event_id,
+                claimed.target.endpoint_id
+            )
+        });
+        let response = Response::panicked(started.elapsed());
+        let next = contained(|| decide(shared, claimed, &response)).unwrap_or(Next::Failed);
+        (response, next)
+    })
+}
+
+/// Runs `f`, containing a panic (host code, a logger, may run inside).
+pub(crate) fn contained<T>(f: impl FnOnce() -> T) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
+}
+
+/// The message a panic was raised with.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_owned()
+    }
+}
+
+/// What this process's workers hold: deliveries claimed and not yet
+/// recorded (queued, being sent, or finished and waiting to be recorded).
+/// The pump's counts derive from it, so they balance by construction, and
+/// its rows are never claimed again while held.
+#[derive(Default)]
+struct Held {
+    rows: HashMap<i64, Health>,
+    unproven: usize,
+    failing: usize,
+}
+
+impl Held {
+    fn add(&mut self, c: &Claimed) {
+        let health = c.target.health;
+        let before = self.rows.insert(c.delivery_row, health);
+        assert!(
+            before.is_none(),
+            "keyhook: delivery row {} claimed while held",
+            c.delivery_row
+        );
+        match health {
+            Health::Unproven => self.unproven += 1,
+            Health::Failing => self.failing += 1,
+            Health::Healthy => {}
+        }
+    }
+
+    fn remove(&mut self, c: &Claimed) {
+        match self.rows.remove(&c.delivery_row) {
+            Some(Health::Unproven) => self.unproven -= 1,
+            Some(Health::Failing) => self.failing -= 1,
+            Some(Health::Healthy) | None => {}
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn limited(&self) -> usize {
+        self.unproven + self.failing
+    }
+
+    /// The held rows as a JSON array, for the claim statements.
+    fn to_json(&self) -> String {
+        let mut out = String::with_capacity(2 + self.rows.len() * 8);
+        out.push('[');
+        for (i, row) in self.rows.keys().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&row.to_string());
+        }
+        out.push(']');
+        out
+    }
+}
+
+/// How long a stopping pump keeps trying to record finished attempts in a
+/// database it cannot write; then they are left to their leases.
+const STOP_RECORD_GRACE: Duration = Duration::from_secs(10);
+
 pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
     let capacity = workers * PREFETCH_PER_WORKER;
-    // Limited endpoints (failing, or not yet proven) may hold all but one
-    // worker, so healthy endpoints always have one.
+    // Endpoints not known to be healthy (new, or failing) may hold all but
+    // one worker, so healthy endpoints always have one; failing ones all
+    // but one of those, so new endpoints keep a slot.
     let limited_capacity = workers.saturating_sub(1).max(1);
-    let mut in_flight = 0usize;
-    let mut limited_in_flight = 0usize;
+    let failing_capacity = limited_capacity.saturating_sub(1).max(1);
+    let mut held = Held::default();
+    // Finished attempts not yet committed, oldest first: kept across failed
+    // steps until they are recorded.
+    let mut unrecorded: Vec<Completion> = Vec::new();
     let mut backoff = Duration::from_millis(10);
     // False once a claim came back short: nothing more is claimable until an
     // emit, a finished attempt or a timer says otherwise.
     let mut maybe_more = true;
     let mut last_generation = u64::MAX;
     let mut told_sync_failed = false;
+    let mut stopping_since: Option<Instant> = None;
     let policy = shared.health_policy();
     let emit_limits = shared.emit_limits();
     ON_PUMP.with(|p| p.set(true));
-    // Dropped in this order when the pump ends: no more emits, then the
-    // callbacks thread finishes what is queued and ends.
+    // Dropped in this order when the pump ends or panics: no more emits,
+    // the job queue closed (workers end), then the callbacks thread
+    // finishes what is queued and ends.
     let _hooks = CloseOnDrop(&shared.hooks);
+    let _jobs = CloseJobs(&shared.jobs);
     let _accepting = shared.pump.accept();
     loop {
-        let (done, emits, stopping, generation) = {
+        let (emits, stopping, generation) = {
             let mut st = shared.pump.lock();
-            let waiting = st.done.len();
-            let busy = in_flight - waiting;
+            let waiting = st.done.len() + unrecorded.len();
+            let busy = held.len() - waiting;
             // Claimable work may exist: after an emit, or when a finished
             // attempt frees a slot at a limited endpoint, proves a new one,
             // or gives a job back.
-            let unlocks = st.done.iter().any(|c| {
-                c.claimed.target.limited || c.claimed.target.unproven || c.next == Next::NotSent
-            });
+            let unlocks = st
+                .done
+                .iter()
+                .any(|c| c.claimed.target.health.limited() || c.next == Next::NotSent);
             let could_claim = maybe_more || unlocks || st.generation != last_generation;
             // Record now if work should be claimed (the queue is half empty
             // or a worker is idle), or if the oldest finished attempt waited
@@ -298,7 +425,7 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             let due = st
                 .first_done_at
                 .is_some_and(|t| t.elapsed() >= RECORD_DELAY);
-            if waiting > 0
+            if !st.done.is_empty()
                 && st.emits.is_empty()
                 && !st.stopping
                 && !refill
@@ -308,9 +435,9 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
                 let deadline = st
                     .first_done_at
                     .map_or(RECORD_DELAY, |t| RECORD_DELAY.saturating_sub(t.elapsed()));
-                let generation = st.generation;
+                let (generation, done) = (st.generation, st.done.len());
                 let _ = shared.pump.cond.wait_timeout_while(st, deadline, |s| {
-                    s.done.len() == waiting && !s.stopping && s.generation == generation
+                    s.done.len() == done && !s.stopping && s.generation == generation
                 });
                 continue;
             }
@@ -318,30 +445,27 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
                 maybe_more = true;
             }
             st.first_done_at = None;
-            (
-                std::mem::take(&mut st.done),
-                std::mem::take(&mut st.emits),
-                st.stopping,
-                st.generation,
-            )
+            unrecorded.append(&mut st.done);
+            (std::mem::take(&mut st.emits), st.stopping, st.generation)
         };
         if generation != last_generation {
             maybe_more = true;
             last_generation = generation;
         }
         if stopping {
+            stopping_since.get_or_insert_with(Instant::now);
             let queued = shared.jobs.take_all();
-            let released = queued.len();
             for c in &queued {
-                limited_in_flight -= usize::from(c.target.limited);
+                held.remove(c);
             }
             if let Err(e) = queue::release(&shared.db, &queued) {
                 log::warn!(
-                    "keyhook: releasing {released} unstarted deliveries failed: {e}; their leases will expire"
+                    "keyhook: releasing {} unstarted deliveries failed: {e}; their leases will expire",
+                    queued.len()
                 );
             }
-            in_flight -= released;
         }
+        let in_flight = held.len();
         let free = capacity - in_flight;
         let limits = ClaimLimits {
             // Refill in chunks (half the queue, or when a worker is idle), so
@@ -351,19 +475,20 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             } else {
                 free
             },
-            max_limited: limited_capacity.saturating_sub(limited_in_flight),
+            max_limited: limited_capacity.saturating_sub(held.limited()),
+            max_failing: failing_capacity.saturating_sub(held.failing),
             per_endpoint: shared.config.limited_in_flight,
             lease_ms: shared.lease_ms,
+            held: held.to_json(),
         };
-        if stopping && done.is_empty() && emits.is_empty() {
-            if in_flight == 0 {
-                shared.jobs.close();
+        if stopping && unrecorded.is_empty() && emits.is_empty() {
+            if held.len() == 0 {
                 return;
             }
             wait(&shared, generation, shared.config.poll_interval);
             continue;
         }
-        if done.is_empty() && emits.is_empty() && limits.max == 0 {
+        if unrecorded.is_empty() && emits.is_empty() && limits.max == 0 {
             let idle = if in_flight < capacity && !maybe_more {
                 idle_wait(&shared)
             } else {
@@ -378,7 +503,14 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             .iter()
             .map(|r| (r.org.as_str(), r.events.as_slice()))
             .collect();
-        let mut stepped = queue::step(&shared.db, &batch, &emit_limits, &done, &limits, &policy);
+        let mut stepped = queue::step(
+            &shared.db,
+            &batch,
+            &emit_limits,
+            &unrecorded,
+            &limits,
+            &policy,
+        );
         if let Err(e) = &stepped
             && !emits.is_empty()
         {
@@ -396,7 +528,7 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
                     .send(emitted.map(|e| (e, CommitMark::default())));
             }
             maybe_more = true;
-            stepped = queue::step(&shared.db, &[], &emit_limits, &done, &limits, &policy);
+            stepped = queue::step(&shared.db, &[], &emit_limits, &unrecorded, &limits, &policy);
         }
         match stepped {
             Ok(Stepped {
@@ -412,46 +544,57 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
                     let _ = request.reply.send(emitted.map(|e| (e, commit)));
                 }
                 backoff = Duration::from_millis(10);
-                for (c, recorded) in done.iter().zip(recorded) {
-                    in_flight -= 1;
-                    limited_in_flight -= usize::from(c.claimed.target.limited);
-                    report(&shared, c, recorded.applied);
+                for (c, recorded) in unrecorded.drain(..).zip(recorded) {
+                    held.remove(&c.claimed);
+                    report(&shared, &c, &recorded);
                     shared.notify(&recorded.notices, commit);
                 }
-                let got = claimed.len();
-                if got < limits.max {
+                if claimed.len() < limits.max {
                     maybe_more = false;
                 }
-                in_flight += got;
-                limited_in_flight += claimed.iter().filter(|c| c.target.limited).count();
-                shared.jobs.push(claimed);
-                if stopping && in_flight == 0 {
-                    shared.jobs.close();
-                    return;
+                for c in &claimed {
+                    held.add(c);
                 }
+                shared.jobs.push(claimed);
             }
             Err(e) => {
-                // Once a sync has failed every write is refused: say so once.
+                // The finished attempts stay in `unrecorded` (and held) for
+                // the next step: dropping them would leave their deliveries
+                // leased, to be sent again when the leases end. Once a sync
+                // has failed every write is refused: say so once.
                 if !shared.db.sync_failed() || !told_sync_failed {
                     told_sync_failed = shared.db.sync_failed();
                     log::error!(
-                        "keyhook: dispatcher step failed: {e}; {} finished attempt(s) not recorded will be retried when their leases end",
-                        done.len()
+                        "keyhook: dispatcher step failed: {e}; {} finished attempt(s) will be recorded when the database is writable again",
+                        unrecorded.len()
                     );
                 }
-                for c in &done {
-                    in_flight -= 1;
-                    limited_in_flight -= usize::from(c.claimed.target.limited);
-                }
-                if stopping && in_flight == 0 {
-                    shared.jobs.close();
-                    return;
+                if stopping_since.is_some_and(|t| t.elapsed() >= STOP_RECORD_GRACE)
+                    || shared.db.sync_failed()
+                {
+                    log::error!(
+                        "keyhook: giving up recording {} finished attempt(s); they will be made again when their leases end",
+                        unrecorded.len()
+                    );
+                    for c in unrecorded.drain(..) {
+                        held.remove(&c.claimed);
+                    }
                 }
                 let _paused = shared.pump.pause();
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
+    }
+}
+
+/// Closes the job queue when the pump ends, however it ends (a panic
+/// included), so that workers stop rather than wait forever.
+struct CloseJobs<'a>(&'a Jobs);
+
+impl Drop for CloseJobs<'_> {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -543,14 +686,24 @@ fn decide(shared: &Shared, claimed: &Claimed, response: &Response) -> Next {
         retry_after,
         unit,
     ) {
-        Some(delay) => Next::RetryAt(now_ms() + duration_ms(delay)),
+        Some(delay) => Next::RetryAt(now_ms().saturating_add(duration_ms(delay))),
         None => Next::Failed,
     }
 }
 
-fn report(shared: &Shared, c: &Completion, applied: bool) {
+fn report(shared: &Shared, c: &Completion, recorded: &Recorded) {
     let (claimed, response) = (&c.claimed, &c.response);
     let endpoint = &claimed.target;
+    if let Some(why) = &recorded.dropped {
+        log::warn!(
+            "keyhook: attempt {} of {} to {} not recorded: {why}",
+            claimed.attempt,
+            claimed.event_id,
+            endpoint.endpoint_id
+        );
+        return;
+    }
+    let applied = recorded.applied;
     // Parsing the URL for the log line is skipped when nothing would print it.
     let target = if log::log_enabled!(log::Level::Info) {
         redacted_target(&endpoint.url)
@@ -612,12 +765,15 @@ pub(crate) fn run_maintenance(shared: Arc<Shared>) {
     let Some(age) = shared.config.retention else {
         return;
     };
+    // The first purge comes soon after start (a process may not live a
+    // whole interval), but not at once: start-up has work of its own.
+    let mut wait = shared.config.retention_interval.min(FIRST_PURGE_DELAY);
     loop {
-        // Sleep first: a dispatcher that starts must not begin with a purge.
-        if shared.pump.wait_for_stop(shared.config.retention_interval) {
+        if shared.pump.wait_for_stop(wait) {
             return;
         }
-        let cutoff = now_ms() - duration_ms(age);
+        wait = shared.config.retention_interval;
+        let cutoff = now_ms().saturating_sub(duration_ms(age));
         let stopping = || shared.pump.lock().stopping;
         match queue::purge(&shared.db, cutoff, &stopping) {
             Ok(r) if r.deliveries > 0 || r.events > 0 => log::info!(
