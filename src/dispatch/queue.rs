@@ -337,19 +337,28 @@ pub(crate) fn claim_batch(conn: &Connection, limits: &ClaimLimits) -> Result<Vec
             ],
         )
     };
+    // The oldest due deliveries, counted: if they are fewer than the window
+    // the fast scan looks at, it sees all due work, and the walks over
+    // endpoints (whose cost follows the endpoints with pending work) are
+    // needed only for what it cannot take.
+    let window = (limits.max as i64 * CLAIM_SCAN_PER_ROW).max(64);
+    let (due, limited_due): (i64, i64) = conn
+        .prepare_cached(DUE_WINDOW_SQL)?
+        .query_row(params![now, window], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let all_in_window = due < window;
     let mut rows = Vec::new();
     let limited = limits.max.min(limits.max_limited);
-    if limited > 0 {
+    if limited > 0 && (limited_due > 0 || !all_in_window) {
         rows = run(CLAIM_LIMITED_SQL, limited, false)?;
         let failing = (limited - rows.len()).min(limits.max_failing);
         if failing > 0 {
             rows.extend(run(CLAIM_LIMITED_SQL, failing, true)?);
         }
     }
-    if rows.len() < limits.max {
+    if rows.len() < limits.max && due > 0 {
         rows.extend(run(CLAIM_HEALTHY_SQL, limits.max - rows.len(), false)?);
     }
-    if rows.len() < limits.max {
+    if rows.len() < limits.max && !all_in_window {
         // The fast scan may have been filled by due deliveries of limited
         // endpoints at capacity: find healthy endpoints' work per endpoint,
         // through an index, whatever lies ahead of it.
@@ -401,6 +410,20 @@ fn with_event(
         commit: CommitMark::default(),
     })
 }
+
+/// How many due deliveries the fast claim looks at per delivery wanted.
+const CLAIM_SCAN_PER_ROW: i64 = 8;
+
+/// The oldest `?2` due deliveries: how many, and how many of those are to
+/// enabled endpoints not known to be healthy.
+const DUE_WINDOW_SQL: &str = "
+    SELECT COUNT(*),
+           COALESCE(SUM(e.enabled = 1
+                        AND (e.consecutive_failures > 0 OR e.last_success_at IS NULL)), 0)
+    FROM (SELECT endpoint_row FROM deliveries INDEXED BY deliveries_due
+          WHERE state = 0 AND next_attempt_at <= ?1
+          ORDER BY next_attempt_at LIMIT (SELECT ?2)) d
+    JOIN endpoints e ON e.row_id = d.endpoint_row";
 
 // Every claim statement takes the same parameters: ?1 now, ?2 the lease
 // end, ?3 how many, ?4 attempts in flight per limited endpoint, ?5 failing
@@ -471,8 +494,8 @@ const CLAIM_LIMITED_SQL: &str = lease!(
     )
 );
 
-/// Due deliveries of healthy endpoints among the oldest due (eight per
-/// delivery wanted, at least 64).
+/// Due deliveries of healthy endpoints among the oldest due (the window of
+/// [`DUE_WINDOW_SQL`]).
 const CLAIM_HEALTHY_SQL: &str = lease!(
     1,
     "SELECT d.row_id
@@ -851,4 +874,77 @@ pub(crate) fn next_due(db: &Database) -> Result<Option<i64>> {
                 .query_row([], |r| r.get::<_, Option<i64>>(0))?,
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::StatementStatus;
+
+    /// One healthy and one new endpoint with a due delivery each, and
+    /// `idle` endpoints in other organizations that never had anything to
+    /// send; returns the virtual-machine steps each claim statement takes.
+    fn claim_steps(idle: usize) -> Vec<i32> {
+        let db = Database::open_in_memory().unwrap();
+        db.write(|tx| {
+            let now = now_ms();
+            let mut endpoint = tx.prepare(
+                "INSERT INTO endpoints (id, org_id, url, all_event_types, headers, created_at,
+                     updated_at, last_success_at)
+                 VALUES (?1, ?2, 'https://example.com/', 1, '[]', ?3, ?3, ?4)",
+            )?;
+            endpoint.execute(params!["ep_healthy", "org_a", now, now])?;
+            endpoint.execute(params!["ep_new", "org_a", now, None::<i64>])?;
+            for i in 0..idle {
+                endpoint.execute(params![
+                    format!("ep_idle{i}"),
+                    format!("org_{i}"),
+                    now,
+                    None::<i64>
+                ])?;
+            }
+            tx.execute(
+                "INSERT INTO events (id, org_id, event_type, body, created_at)
+                 VALUES ('msg_1', 'org_a', 't', x'7b7d', ?1)",
+                [now],
+            )?;
+            tx.execute(
+                "INSERT INTO deliveries (event_row, endpoint_row, org_id, next_attempt_at,
+                     created_at, updated_at)
+                 SELECT 1, row_id, 'org_a', ?1, ?1, ?1 FROM endpoints WHERE org_id = 'org_a'",
+                [now - 1],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+        let mut conn = db.conn().unwrap();
+        [CLAIM_LIMITED_SQL, CLAIM_HEALTHY_SQL, CLAIM_HEALTHY_DEEP_SQL]
+            .iter()
+            .map(|sql| {
+                // Rolled back when dropped: each statement claims from the
+                // same state.
+                let tx = conn.transaction().unwrap();
+                let now = now_ms();
+                let mut stmt = tx.prepare(sql).unwrap();
+                let n = stmt
+                    .query_map(params![now, now + 1000, 10, 1, false, "[]"], |_| Ok(()))
+                    .unwrap()
+                    .count();
+                assert_eq!(n, 1, "each statement claims its one delivery: {sql}");
+                stmt.get_status(StatementStatus::VmStep)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn claim_cost_does_not_grow_with_idle_endpoints() {
+        let without = claim_steps(0);
+        let with = claim_steps(20_000);
+        for (i, (w, wo)) in with.iter().zip(&without).enumerate() {
+            assert!(
+                *w <= wo * 2 + 50,
+                "claim statement {i}: {w} steps with 20,000 idle endpoints, {wo} without"
+            );
+        }
+    }
 }
