@@ -64,6 +64,17 @@ fn hold_write_lock(path: &std::path::Path, hold: Duration) {
     tx.rollback().unwrap();
 }
 
+/// Waits until the first delivery of event `id` is delivered.
+#[track_caller]
+fn wait_delivered(d: &Dispatcher, id: &str) {
+    assert!(
+        wait_until(WAIT, || {
+            d.event_deliveries(ORG, id).unwrap()[0].state == DeliveryState::Delivered
+        }),
+        "{id} not delivered"
+    );
+}
+
 /// Every delivery of `ids` is delivered, with exactly one attempt recorded.
 fn assert_each_delivered_once(d: &Dispatcher, ids: &[String]) {
     for id in ids {
@@ -336,9 +347,7 @@ fn an_expired_looking_lease_is_not_claimed_again_by_its_own_process() {
         .unwrap();
     // Proven healthy first: its claims are not limited.
     let warm = d.emit(ORG, TYPE, &json!({ "warm": true })).unwrap();
-    assert!(wait_until(WAIT, || {
-        d.event_deliveries(ORG, &warm).unwrap()[0].state == DeliveryState::Delivered
-    }));
+    wait_delivered(&d, &warm);
     let id = d.emit(ORG, TYPE, &json!({})).unwrap();
     assert!(rx.wait_for(2, WAIT));
     let moved = rusqlite::Connection::open(t.path())
@@ -356,9 +365,7 @@ fn an_expired_looking_lease_is_not_claimed_again_by_its_own_process() {
         .unwrap();
     assert_eq!(moved, 1);
     d.wake();
-    assert!(wait_until(WAIT, || {
-        d.event_deliveries(ORG, &id).unwrap()[0].state == DeliveryState::Delivered
-    }));
+    wait_delivered(&d, &id);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         rx.count(),
@@ -377,9 +384,7 @@ fn retention_runs_soon_after_start() {
     endpoint(&registry, ORG, &rx.url("/hook"), &[TYPE]);
     let d = builder(&t, &registry).retention(None).start().unwrap();
     let id = d.emit(ORG, TYPE, &json!({})).unwrap();
-    assert!(wait_until(WAIT, || {
-        d.event_deliveries(ORG, &id).unwrap()[0].state == DeliveryState::Delivered
-    }));
+    wait_delivered(&d, &id);
     d.shutdown(WAIT).unwrap();
     std::thread::sleep(Duration::from_millis(20));
     let d = Dispatcher::builder(&db, &registry)
