@@ -51,7 +51,9 @@ fn raw_emit(path: &Path, durability: Durability, n: usize, per_tx: usize) -> f64
     let mut c = raw_conn(path, durability);
     let body = serde_json::to_vec(&data()).unwrap();
     let endpoint_row: i64 = c
-        .query_row("SELECT row_id FROM endpoints LIMIT 1", [], |r| r.get(0))
+        .query_row("SELECT row_id FROM keyhook_endpoints LIMIT 1", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     let start = Instant::now();
     let mut i = 0;
@@ -62,7 +64,7 @@ fn raw_emit(path: &Path, durability: Durability, n: usize, per_tx: usize) -> f64
         for _ in 0..per_tx {
             let now = 1_800_000_000_000i64 + i as i64;
             tx.prepare_cached(
-                "INSERT INTO events (id, org_id, event_type, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO keyhook_events (id, org_id, event_type, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .unwrap()
             .execute(rusqlite::params![
@@ -75,7 +77,7 @@ fn raw_emit(path: &Path, durability: Durability, n: usize, per_tx: usize) -> f64
             .unwrap();
             let ev = tx.last_insert_rowid();
             tx.prepare_cached(
-                "INSERT INTO deliveries (event_row, endpoint_row, org_id, state, next_attempt_at, created_at, updated_at)
+                "INSERT INTO keyhook_deliveries (event_row, endpoint_row, org_id, state, next_attempt_at, created_at, updated_at)
                  VALUES (?1, ?2, ?3, 0, ?4, ?4, ?4)",
             )
             .unwrap()
@@ -505,18 +507,20 @@ fn bench_backlog() {
         // The backlog: deliveries due in a day, written raw for speed.
         let mut c = raw_conn(&full.path, Durability::Normal);
         let endpoint_row: i64 = c
-            .query_row("SELECT row_id FROM endpoints LIMIT 1", [], |r| r.get(0))
+            .query_row("SELECT row_id FROM keyhook_endpoints LIMIT 1", [], |r| {
+                r.get(0)
+            })
             .unwrap();
         let body = keyhook_body();
         let tx = c.transaction().unwrap();
         for i in 0..backlog {
             let now = 1_800_000_000_000i64;
-            tx.prepare_cached("INSERT INTO events (id, org_id, event_type, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
+            tx.prepare_cached("INSERT INTO keyhook_events (id, org_id, event_type, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
                 .unwrap()
                 .execute(rusqlite::params![format!("msg_backlog{i:012}"), ORG, TYPE, body, now])
                 .unwrap();
             let ev = tx.last_insert_rowid();
-            tx.prepare_cached("INSERT INTO deliveries (event_row, endpoint_row, org_id, state, next_attempt_at, created_at, updated_at) VALUES (?1, ?2, ?3, 0, ?4, ?5, ?5)")
+            tx.prepare_cached("INSERT INTO keyhook_deliveries (event_row, endpoint_row, org_id, state, next_attempt_at, created_at, updated_at) VALUES (?1, ?2, ?3, 0, ?4, ?5, ?5)")
                 .unwrap()
                 .execute(rusqlite::params![ev, endpoint_row, ORG, 4_000_000_000_000i64, now])
                 .unwrap();

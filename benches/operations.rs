@@ -90,7 +90,9 @@ fn fill(path: &Path, f: &Fill) -> Duration {
     c.pragma_update(None, "cache_size", -262_144).unwrap();
     c.busy_timeout(Duration::from_secs(5)).unwrap();
     let endpoint_row: i64 = c
-        .query_row("SELECT row_id FROM endpoints LIMIT 1", [], |r| r.get(0))
+        .query_row("SELECT row_id FROM keyhook_endpoints LIMIT 1", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     let body = keyhook_body();
     let per_tx = 100_000;
@@ -100,20 +102,20 @@ fn fill(path: &Path, f: &Fill) -> Duration {
         {
             let mut ev_stmt = tx
                 .prepare_cached(
-                    "INSERT INTO events (id, org_id, event_type, body, created_at)
+                    "INSERT INTO keyhook_events (id, org_id, event_type, body, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .unwrap();
             let mut dl_stmt = tx
                 .prepare_cached(
-                    "INSERT INTO deliveries (event_row, endpoint_row, org_id, state, attempts,
+                    "INSERT INTO keyhook_deliveries (event_row, endpoint_row, org_id, state, attempts,
                          next_attempt_at, created_at, updated_at)
                      VALUES (?1, ?2, ?3, ?4, 1, NULL, ?5, ?6)",
                 )
                 .unwrap();
             let mut at_stmt = tx
                 .prepare_cached(
-                    "INSERT INTO attempts (delivery_row, attempted_at, duration_ms, status_code,
+                    "INSERT INTO keyhook_attempts (delivery_row, attempted_at, duration_ms, status_code,
                          error_kind, response_body, manual)
                      VALUES (?1, ?2, 42, ?3, NULL, NULL, 0)",
                 )

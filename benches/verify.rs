@@ -34,7 +34,7 @@ const TARGET_RATIO: f64 = 0.7;
 const PREFIX: &str = "vb";
 
 const RAW_SELECT: &str = "SELECT org_id, hash, hash_kind, scopes, environment, expires_at, \
-     revoke_at, revoked_at FROM api_keys WHERE id = ?1";
+     revoke_at, revoked_at FROM keyhook_api_keys WHERE id = ?1";
 
 fn main() {
     let dir = tempfile::tempdir().expect("create a temporary directory");

@@ -38,7 +38,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 
 use crate::error::{Error, Result};
-use crate::schema::MIGRATIONS;
+use crate::schema::{FROM_LEGACY, LEGACY, MIGRATIONS};
 
 /// How hard SQLite works to keep committed data on power loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -649,33 +649,89 @@ fn immediate<T>(conn: &mut Connection, f: impl FnOnce(&Transaction<'_>) -> Resul
     Ok(value)
 }
 
-/// Applies the migrations the database lacks, all in one transaction.
+/// Applies the migrations the database lacks, all in one transaction,
+/// recording each in `keyhook_migrations`. A keyhook 0.1 file is upgraded
+/// in place first; any other file (the host's own included) gets keyhook's
+/// tables beside what it holds, and its `user_version` is left alone.
 fn migrate(conn: &mut Connection, path: Option<&Path>) -> Result<()> {
     let map_open_err = |e: rusqlite::Error| match (path, e.sqlite_error_code()) {
         (Some(path), Some(ErrorCode::NotADatabase)) => Error::NotADatabase {
             path: path.to_path_buf(),
             source: e,
         },
-        _ => Error::Database(e),
+        _ => Error::from(e),
     };
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(map_open_err)?;
-    let found: u32 = tx
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(map_open_err)?;
+    if !table_exists(&tx, "keyhook_migrations").map_err(map_open_err)? {
+        tx.execute_batch(
+            "CREATE TABLE keyhook_migrations (
+                version    INTEGER PRIMARY KEY,
+                applied_at INTEGER NOT NULL
+            )",
+        )?;
+        if let Some(legacy) = legacy_version(&tx)? {
+            for sql in &LEGACY[legacy as usize..] {
+                tx.execute_batch(sql)?;
+            }
+            for sql in FROM_LEGACY {
+                tx.execute_batch(sql)?;
+            }
+            tx.execute(
+                "INSERT INTO keyhook_migrations (version, applied_at) VALUES (1, ?1)",
+                [now_ms()],
+            )?;
+        }
+    }
+    let found: u32 = tx.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM keyhook_migrations",
+        [],
+        |r| r.get(0),
+    )?;
     let supported = MIGRATIONS.len() as u32;
     if found > supported {
         return Err(Error::SchemaTooNew { found, supported });
     }
-    for sql in &MIGRATIONS[found as usize..] {
-        tx.execute_batch(sql)?;
-    }
-    if found < supported {
-        tx.pragma_update(None, "user_version", supported)?;
+    for (version, batches) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        for sql in *batches {
+            tx.execute_batch(sql)?;
+        }
+        tx.execute(
+            "INSERT INTO keyhook_migrations (version, applied_at) VALUES (?1, ?2)",
+            rusqlite::params![version as i64 + 1, now_ms()],
+        )?;
     }
     tx.commit()?;
     Ok(())
+}
+
+fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1)",
+        [name],
+        |r| r.get(0),
+    )
+}
+
+/// The schema version of a file written by keyhook 0.1 (kept in
+/// `user_version`, beside its unprefixed tables), or `None` for any other
+/// file: a host's `user_version` is never taken for keyhook's.
+fn legacy_version(conn: &Connection) -> Result<Option<u32>> {
+    let version: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version == 0 || version as usize > LEGACY.len() {
+        return Ok(None);
+    }
+    // 0.1's first migration made these two tables with these columns.
+    let keyhook_columns: i64 = conn.query_row(
+        "SELECT (SELECT COUNT(*) FROM pragma_table_info('api_keys')
+                 WHERE name IN ('hash_kind', 'org_enabled', 'revoke_at'))
+              + (SELECT COUNT(*) FROM pragma_table_info('organizations')
+                 WHERE name = 'api_keys_enabled')",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok((keyhook_columns == 4).then_some(version))
 }
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp column.
@@ -930,9 +986,17 @@ mod tests {
     #[test]
     fn in_memory_opens_at_current_schema() {
         let db = Database::open_in_memory().unwrap();
-        let v: u32 = db
-            .read(|c| Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?))
+        let (v, user_version): (u32, u32) = db
+            .read(|c| {
+                Ok((
+                    c.query_row("SELECT MAX(version) FROM keyhook_migrations", [], |r| {
+                        r.get(0)
+                    })?,
+                    c.pragma_query_value(None, "user_version", |r| r.get(0))?,
+                ))
+            })
             .unwrap();
         assert_eq!(v, Database::SCHEMA_VERSION);
+        assert_eq!(user_version, 0, "user_version belongs to the host");
     }
 }

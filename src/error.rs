@@ -86,7 +86,7 @@ pub enum Error {
         "database schema version {found} is newer than this keyhook supports ({supported}); upgrade keyhook"
     )]
     SchemaTooNew {
-        /// `PRAGMA user_version` found in the file.
+        /// The newest version recorded in the file's `keyhook_migrations` table.
         found: u32,
         /// The newest schema version this build knows.
         supported: u32,

@@ -254,7 +254,7 @@ impl WebhookRegistry {
         validate::description(description)?;
         self.db.write(|tx| {
             tx.execute(
-                "INSERT INTO event_types (name, description, created_at) VALUES (?1, ?2, ?3)
+                "INSERT INTO keyhook_event_types (name, description, created_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT (name) DO UPDATE SET description = excluded.description",
                 params![name, description, now_ms()],
             )?;
@@ -272,8 +272,9 @@ impl WebhookRegistry {
     /// [`Error::Database`].
     pub fn event_types(&self) -> Result<Vec<EventType>> {
         self.db.read(|c| {
-            let mut stmt =
-                c.prepare_cached("SELECT name, description FROM event_types ORDER BY name")?;
+            let mut stmt = c.prepare_cached(
+                "SELECT name, description FROM keyhook_event_types ORDER BY name",
+            )?;
             let rows = stmt.query_map([], |r| {
                 Ok(EventType {
                     name: r.get(0)?,
@@ -319,7 +320,7 @@ impl WebhookRegistry {
         self.db.write(|tx| {
             require_known_types(tx, &types)?;
             let count: u32 = tx.query_row(
-                "SELECT COUNT(*) FROM endpoints WHERE org_id = ?1",
+                "SELECT COUNT(*) FROM keyhook_endpoints WHERE org_id = ?1",
                 [org],
                 |r| r.get(0),
             )?;
@@ -330,7 +331,7 @@ impl WebhookRegistry {
                 });
             }
             tx.execute(
-                "INSERT INTO endpoints (id, org_id, url, description, all_event_types, headers,
+                "INSERT INTO keyhook_endpoints (id, org_id, url, description, all_event_types, headers,
                      enabled, created_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7)",
                 params![
@@ -346,7 +347,7 @@ impl WebhookRegistry {
             let row = tx.last_insert_rowid();
             set_types(tx, row, &types)?;
             tx.execute(
-                "INSERT INTO endpoint_secrets (endpoint_row, secret, created_at) VALUES (?1, ?2, ?3)",
+                "INSERT INTO keyhook_endpoint_secrets (endpoint_row, secret, created_at) VALUES (?1, ?2, ?3)",
                 params![row, secret.as_bytes(), now],
             )?;
             Ok(CreatedEndpoint {
@@ -364,7 +365,7 @@ impl WebhookRegistry {
     pub fn list(&self, org: &str) -> Result<Vec<Endpoint>> {
         self.db.read(|c| {
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE org_id = ?1
+                "SELECT {ENDPOINT_COLUMNS} FROM keyhook_endpoints WHERE org_id = ?1
                  ORDER BY created_at DESC, row_id DESC"
             ))?;
             let rows: Vec<(i64, Endpoint)> = stmt
@@ -412,7 +413,7 @@ impl WebhookRegistry {
             };
             require_known_types(tx, &types)?;
             tx.execute(
-                "UPDATE endpoints SET url = ?2, description = ?3, all_event_types = ?4,
+                "UPDATE keyhook_endpoints SET url = ?2, description = ?3, all_event_types = ?4,
                      headers = ?5, enabled = ?6, updated_at = ?7,
                      disabled_reason = CASE WHEN ?6 THEN NULL ELSE disabled_reason END,
                      disabled_at = CASE WHEN ?6 THEN NULL ELSE COALESCE(disabled_at, ?7) END,
@@ -445,12 +446,12 @@ impl WebhookRegistry {
         self.db.write(|tx| {
             let (row, _) = get_endpoint(tx, org, id)?;
             let (failing_since, disabled_at): (Option<i64>, Option<i64>) = tx.query_row(
-                "SELECT failing_since, disabled_at FROM endpoints WHERE row_id = ?1",
+                "SELECT failing_since, disabled_at FROM keyhook_endpoints WHERE row_id = ?1",
                 [row],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             tx.execute(
-                "UPDATE endpoints SET enabled = 1, disabled_reason = NULL, disabled_at = NULL,
+                "UPDATE keyhook_endpoints SET enabled = 1, disabled_reason = NULL, disabled_at = NULL,
                      failing_since = NULL, updated_at = ?2
                  WHERE row_id = ?1",
                 params![row, now],
@@ -475,7 +476,7 @@ impl WebhookRegistry {
     pub fn delete(&self, org: &str, id: &str) -> Result<()> {
         self.db.write(|tx| {
             let n = tx.execute(
-                "DELETE FROM endpoints WHERE org_id = ?1 AND id = ?2",
+                "DELETE FROM keyhook_endpoints WHERE org_id = ?1 AND id = ?2",
                 params![org, id],
             )?;
             if n == 0 {
@@ -509,16 +510,16 @@ impl WebhookRegistry {
         self.db.write(|tx| {
             let (row, _) = get_endpoint(tx, org, id)?;
             tx.execute(
-                "DELETE FROM endpoint_secrets WHERE endpoint_row = ?1 AND expires_at <= ?2",
+                "DELETE FROM keyhook_endpoint_secrets WHERE endpoint_row = ?1 AND expires_at <= ?2",
                 params![row, now],
             )?;
             tx.execute(
-                "UPDATE endpoint_secrets SET expires_at = ?2
+                "UPDATE keyhook_endpoint_secrets SET expires_at = ?2
                  WHERE endpoint_row = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
                 params![row, now.saturating_add(duration_ms(grace))],
             )?;
             tx.execute(
-                "INSERT INTO endpoint_secrets (endpoint_row, secret, created_at) VALUES (?1, ?2, ?3)",
+                "INSERT INTO keyhook_endpoint_secrets (endpoint_row, secret, created_at) VALUES (?1, ?2, ?3)",
                 params![row, secret.as_bytes(), now],
             )?;
             Ok(())
@@ -546,7 +547,7 @@ pub(crate) fn active_secrets(
     now: i64,
 ) -> Result<Vec<SigningSecret>> {
     let mut stmt = c.prepare_cached(
-        "SELECT secret FROM endpoint_secrets
+        "SELECT secret FROM keyhook_endpoint_secrets
          WHERE endpoint_row = ?1 AND (expires_at IS NULL OR expires_at > ?2)
          ORDER BY row_id DESC",
     )?;
@@ -605,7 +606,7 @@ fn check_subscription<'a>(types: impl Iterator<Item = &'a str>, all: bool) -> Re
 }
 
 fn require_known_types(tx: &Transaction<'_>, types: &[String]) -> Result<()> {
-    let mut stmt = tx.prepare_cached("SELECT 1 FROM event_types WHERE name = ?1")?;
+    let mut stmt = tx.prepare_cached("SELECT 1 FROM keyhook_event_types WHERE name = ?1")?;
     for t in types {
         if !stmt.exists([t])? {
             return Err(Error::UnknownEventType { name: t.clone() });
@@ -616,11 +617,11 @@ fn require_known_types(tx: &Transaction<'_>, types: &[String]) -> Result<()> {
 
 fn set_types(tx: &Transaction<'_>, row: i64, types: &[String]) -> Result<()> {
     tx.execute(
-        "DELETE FROM endpoint_event_types WHERE endpoint_row = ?1",
+        "DELETE FROM keyhook_endpoint_event_types WHERE endpoint_row = ?1",
         [row],
     )?;
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO endpoint_event_types (endpoint_row, event_type) VALUES (?1, ?2)",
+        "INSERT INTO keyhook_endpoint_event_types (endpoint_row, event_type) VALUES (?1, ?2)",
     )?;
     for t in types {
         stmt.execute(params![row, t])?;
@@ -713,7 +714,7 @@ fn endpoint_from_row(r: &Row<'_>) -> rusqlite::Result<(i64, Endpoint)> {
 
 fn load_types(c: &rusqlite::Connection, row: i64) -> Result<Vec<String>> {
     let mut stmt = c.prepare_cached(
-        "SELECT event_type FROM endpoint_event_types WHERE endpoint_row = ?1 ORDER BY event_type",
+        "SELECT event_type FROM keyhook_endpoint_event_types WHERE endpoint_row = ?1 ORDER BY event_type",
     )?;
     let rows = stmt.query_map([row], |r| r.get(0))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -727,7 +728,7 @@ pub(crate) fn get_endpoint(
 ) -> Result<(i64, Endpoint)> {
     let (row, mut ep) = c
         .prepare_cached(&format!(
-            "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE org_id = ?1 AND id = ?2"
+            "SELECT {ENDPOINT_COLUMNS} FROM keyhook_endpoints WHERE org_id = ?1 AND id = ?2"
         ))?
         .query_row([org, id], endpoint_from_row)
         .optional()?

@@ -1,9 +1,233 @@
-//! Schema migrations, applied in order and tracked by `PRAGMA user_version`.
+//! keyhook's schema, tracked in its own table, `keyhook_migrations`.
+//!
+//! The file may be the host's own: every keyhook table, index and trigger
+//! carries the `keyhook_` prefix, and keyhook never writes
+//! `PRAGMA user_version` (it belongs to the host's migration tool). It reads
+//! it once, to recognise a file written by keyhook 0.1, which kept its
+//! schema version there and used unprefixed names ([`LEGACY`]); such a file
+//! is upgraded in place ([`FROM_LEGACY`]).
 //!
 //! Append only: a released migration is never edited, a change is a new entry.
 //! Timestamps are integer milliseconds since the Unix epoch.
 
-pub(crate) const MIGRATIONS: &[&str] = &[
+/// The migrations, each a list of SQL batches run in order; version `n` is
+/// `MIGRATIONS[n - 1]`.
+pub(crate) const MIGRATIONS: &[&[&str]] = &[
+    // 1: API keys, webhooks, delivery (the whole of keyhook 0.1).
+    &[TABLES_V1, INDEXES_V1],
+    // 2: event log, test events, event-type lifecycle, key prefixes and
+    // metadata, random delivery ids.
+    &[V2],
+];
+
+/// Version 1's tables.
+const TABLES_V1: &str = r#"
+    CREATE TABLE keyhook_organizations (
+        id               TEXT PRIMARY KEY,
+        api_keys_enabled INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+
+    CREATE TABLE keyhook_api_keys (
+        row_id       INTEGER PRIMARY KEY,
+        id           TEXT NOT NULL UNIQUE,
+        org_id       TEXT NOT NULL,
+        name         TEXT NOT NULL,
+        description  TEXT,
+        environment  TEXT NOT NULL,
+        hint         TEXT NOT NULL,
+        hash         BLOB NOT NULL,
+        hash_kind    INTEGER NOT NULL,
+        scopes       TEXT NOT NULL,
+        created_at   INTEGER NOT NULL,
+        updated_at   INTEGER NOT NULL,
+        expires_at   INTEGER,
+        last_used_at INTEGER,
+        revoke_at    INTEGER,
+        revoked_at   INTEGER,
+        -- A copy of keyhook_organizations.api_keys_enabled, kept in step by
+        -- set_api_keys_enabled, so verify reads one row.
+        org_enabled  INTEGER NOT NULL DEFAULT 0
+    );
+
+    CREATE TABLE keyhook_event_types (
+        name        TEXT PRIMARY KEY,
+        description TEXT NOT NULL,
+        created_at  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE keyhook_endpoints (
+        row_id               INTEGER PRIMARY KEY,
+        id                   TEXT NOT NULL UNIQUE,
+        org_id               TEXT NOT NULL,
+        url                  TEXT NOT NULL,
+        description          TEXT,
+        all_event_types      INTEGER NOT NULL,
+        headers              TEXT NOT NULL,
+        enabled              INTEGER NOT NULL DEFAULT 1,
+        disabled_reason      TEXT,
+        created_at           INTEGER NOT NULL,
+        updated_at           INTEGER NOT NULL,
+        consecutive_failures INTEGER NOT NULL DEFAULT 0,
+        failing_since        INTEGER,
+        last_success_at      INTEGER,
+        disabled_at          INTEGER
+    );
+
+    CREATE TABLE keyhook_endpoint_event_types (
+        endpoint_row INTEGER NOT NULL REFERENCES keyhook_endpoints (row_id) ON DELETE CASCADE,
+        event_type   TEXT NOT NULL,
+        PRIMARY KEY (endpoint_row, event_type)
+    ) WITHOUT ROWID;
+
+    -- Signing secrets: the current one has no expiry; rotated-out ones sign
+    -- until expires_at. Stored as raw key bytes: signing needs them.
+    CREATE TABLE keyhook_endpoint_secrets (
+        row_id       INTEGER PRIMARY KEY,
+        endpoint_row INTEGER NOT NULL REFERENCES keyhook_endpoints (row_id) ON DELETE CASCADE,
+        secret       BLOB NOT NULL,
+        created_at   INTEGER NOT NULL,
+        expires_at   INTEGER
+    );
+
+    CREATE TABLE keyhook_events (
+        row_id          INTEGER PRIMARY KEY,
+        id              TEXT NOT NULL UNIQUE,
+        org_id          TEXT NOT NULL,
+        event_type      TEXT NOT NULL,
+        body            BLOB NOT NULL,
+        idempotency_key TEXT,
+        created_at      INTEGER NOT NULL
+    );
+
+    -- state: 0 pending, 1 delivered, 2 failed.
+    -- next_attempt_at is both the due time and, while leased, the lease
+    -- expiry: a worker that dies leaves a delivery that is simply due again.
+    -- leased: 1 for a claim of a healthy endpoint, 2 for a claim of one not
+    -- known to be healthy (only those count as attempts in flight).
+    -- attempts doubles as a fencing token: completing an attempt checks it.
+    CREATE TABLE keyhook_deliveries (
+        row_id          INTEGER PRIMARY KEY,
+        event_row       INTEGER NOT NULL REFERENCES keyhook_events (row_id) ON DELETE CASCADE,
+        endpoint_row    INTEGER NOT NULL REFERENCES keyhook_endpoints (row_id) ON DELETE CASCADE,
+        org_id          TEXT NOT NULL,
+        state           INTEGER NOT NULL DEFAULT 0,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER,
+        leased          INTEGER NOT NULL DEFAULT 0,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL
+    );
+
+    CREATE TABLE keyhook_attempts (
+        row_id        INTEGER PRIMARY KEY,
+        delivery_row  INTEGER NOT NULL REFERENCES keyhook_deliveries (row_id) ON DELETE CASCADE,
+        attempted_at  INTEGER NOT NULL,
+        duration_ms   INTEGER NOT NULL,
+        status_code   INTEGER,
+        error_kind    TEXT,
+        response_body BLOB,
+        manual        INTEGER NOT NULL DEFAULT 0
+    );
+
+    -- Per-database secrets, e.g. the key that makes history cursors tamper-evident.
+    CREATE TABLE keyhook_meta (
+        key   TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO keyhook_meta (key, value) VALUES ('cursor_key', randomblob(32));
+"#;
+
+/// Version 1's indexes and triggers (shared by a new file and one
+/// upgraded from keyhook 0.1).
+const INDEXES_V1: &str = r#"
+    CREATE INDEX keyhook_api_keys_by_org ON keyhook_api_keys (org_id, created_at);
+    -- Covers the live-key count of create.
+    CREATE INDEX keyhook_api_keys_live_by_org
+        ON keyhook_api_keys (org_id, revoked_at, revoke_at, expires_at);
+
+    -- Revocation is permanent, whatever code runs against this file.
+    CREATE TRIGGER keyhook_api_keys_revocation_is_permanent
+    BEFORE UPDATE OF revoked_at ON keyhook_api_keys
+    WHEN OLD.revoked_at IS NOT NULL
+     AND (NEW.revoked_at IS NULL OR NEW.revoked_at <> OLD.revoked_at)
+    BEGIN
+        SELECT RAISE(ABORT, 'keyhook: a revoked API key cannot be re-enabled');
+    END;
+
+    -- A scheduled revocation (end of a roll's grace period) may come sooner, never later.
+    CREATE TRIGGER keyhook_api_keys_scheduled_revocation_is_permanent
+    BEFORE UPDATE OF revoke_at ON keyhook_api_keys
+    WHEN OLD.revoke_at IS NOT NULL
+     AND (NEW.revoke_at IS NULL OR NEW.revoke_at > OLD.revoke_at)
+    BEGIN
+        SELECT RAISE(ABORT, 'keyhook: a scheduled revocation cannot be cleared or postponed');
+    END;
+
+    CREATE INDEX keyhook_endpoints_by_org ON keyhook_endpoints (org_id, created_at);
+    CREATE INDEX keyhook_endpoint_event_types_by_type
+        ON keyhook_endpoint_event_types (event_type);
+    CREATE INDEX keyhook_endpoint_secrets_by_endpoint ON keyhook_endpoint_secrets (endpoint_row);
+    -- Endpoints whose attempts are limited: failing, or not yet proven.
+    CREATE INDEX keyhook_endpoints_limited ON keyhook_endpoints (row_id)
+        WHERE enabled = 1 AND (consecutive_failures > 0 OR last_success_at IS NULL);
+
+    CREATE UNIQUE INDEX keyhook_events_by_idempotency_key
+        ON keyhook_events (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX keyhook_events_by_created ON keyhook_events (created_at);
+
+    CREATE INDEX keyhook_deliveries_due ON keyhook_deliveries (next_attempt_at) WHERE state = 0;
+    CREATE INDEX keyhook_deliveries_in_flight ON keyhook_deliveries (endpoint_row, next_attempt_at)
+        WHERE state = 0 AND leased = 2;
+    CREATE INDEX keyhook_deliveries_due_by_endpoint
+        ON keyhook_deliveries (endpoint_row, next_attempt_at) WHERE state = 0;
+    -- History pages: newest first per endpoint, optionally by state. SQLite
+    -- appends the row id to every index entry, so both are ordered by
+    -- (created_at, row_id): the keyset of the history cursor.
+    CREATE INDEX keyhook_deliveries_by_endpoint ON keyhook_deliveries (endpoint_row, created_at);
+    CREATE INDEX keyhook_deliveries_by_endpoint_state
+        ON keyhook_deliveries (endpoint_row, state, created_at);
+    CREATE INDEX keyhook_deliveries_by_event ON keyhook_deliveries (event_row);
+
+    CREATE INDEX keyhook_attempts_by_delivery ON keyhook_attempts (delivery_row);
+"#;
+
+/// Version 2.
+const V2: &str = r#"
+    -- Event log: an organization's events, newest first, by type; test events.
+    ALTER TABLE keyhook_events ADD COLUMN test INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX keyhook_events_by_org ON keyhook_events (org_id, created_at);
+    CREATE INDEX keyhook_events_by_org_type ON keyhook_events (org_id, event_type, created_at);
+
+    -- Deliveries: random public ids (0.1's sequential ones are kept), and
+    -- the event type, for history filters and the organization-wide log.
+    ALTER TABLE keyhook_deliveries ADD COLUMN id TEXT;
+    ALTER TABLE keyhook_deliveries ADD COLUMN event_type TEXT;
+    UPDATE keyhook_deliveries SET id = 'dlv_' || row_id,
+        event_type = (SELECT e.event_type FROM keyhook_events e WHERE e.row_id = event_row);
+    CREATE UNIQUE INDEX keyhook_deliveries_by_id ON keyhook_deliveries (id);
+    CREATE INDEX keyhook_deliveries_by_endpoint_type
+        ON keyhook_deliveries (endpoint_row, event_type, created_at);
+    CREATE INDEX keyhook_deliveries_by_org ON keyhook_deliveries (org_id, created_at);
+    CREATE INDEX keyhook_deliveries_by_org_state ON keyhook_deliveries (org_id, state, created_at);
+    CREATE INDEX keyhook_deliveries_by_org_type
+        ON keyhook_deliveries (org_id, event_type, created_at);
+
+    -- The event-type catalogue: an example payload, deprecation, archiving.
+    ALTER TABLE keyhook_event_types ADD COLUMN example TEXT;
+    ALTER TABLE keyhook_event_types ADD COLUMN deprecated_at INTEGER;
+    ALTER TABLE keyhook_event_types ADD COLUMN archived_at INTEGER;
+
+    -- API keys: the prefix a key was made with (checked on verify), and
+    -- the host's own metadata (a JSON object).
+    ALTER TABLE keyhook_api_keys ADD COLUMN prefix TEXT;
+    UPDATE keyhook_api_keys SET prefix = substr(hint, 1, instr(hint, '_') - 1);
+    ALTER TABLE keyhook_api_keys ADD COLUMN metadata TEXT;
+"#;
+
+/// keyhook 0.1's migrations: unprefixed names, versioned by
+/// `PRAGMA user_version`. Run only to bring a 0.1 file to its last version
+/// before [`FROM_LEGACY`]; never on a new file.
+pub(crate) const LEGACY: &[&str] = &[
     // 1: organizations and API keys.
     r#"
     CREATE TABLE organizations (
@@ -173,4 +397,41 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX deliveries_in_flight ON deliveries (endpoint_row, next_attempt_at)
         WHERE state = 0 AND leased = 2;
     "#,
+];
+
+/// Turns a keyhook 0.1 file at its last version into version 1: tables
+/// renamed (SQLite rewrites the foreign keys that name them), old indexes
+/// and triggers replaced by prefixed ones.
+pub(crate) const FROM_LEGACY: &[&str] = &[
+    r#"
+    ALTER TABLE organizations RENAME TO keyhook_organizations;
+    ALTER TABLE api_keys RENAME TO keyhook_api_keys;
+    ALTER TABLE event_types RENAME TO keyhook_event_types;
+    ALTER TABLE endpoints RENAME TO keyhook_endpoints;
+    ALTER TABLE endpoint_event_types RENAME TO keyhook_endpoint_event_types;
+    ALTER TABLE endpoint_secrets RENAME TO keyhook_endpoint_secrets;
+    ALTER TABLE events RENAME TO keyhook_events;
+    ALTER TABLE deliveries RENAME TO keyhook_deliveries;
+    ALTER TABLE attempts RENAME TO keyhook_attempts;
+    ALTER TABLE meta RENAME TO keyhook_meta;
+    DROP TRIGGER api_keys_revocation_is_permanent;
+    DROP TRIGGER api_keys_scheduled_revocation_is_permanent;
+    DROP INDEX api_keys_by_org;
+    DROP INDEX api_keys_live_by_org;
+    DROP INDEX endpoints_by_org;
+    DROP INDEX endpoint_event_types_by_type;
+    DROP INDEX endpoint_secrets_by_endpoint;
+    DROP INDEX endpoints_limited;
+    DROP INDEX events_by_idempotency_key;
+    DROP INDEX events_by_created;
+    DROP INDEX deliveries_due;
+    DROP INDEX deliveries_in_flight;
+    DROP INDEX deliveries_due_by_endpoint;
+    DROP INDEX deliveries_by_endpoint;
+    DROP INDEX deliveries_by_endpoint_state;
+    DROP INDEX deliveries_by_event;
+    DROP INDEX attempts_by_delivery;
+    -- 0.1 leased = 1 for every claim; none of them counts as in flight now.
+    "#,
+    INDEXES_V1,
 ];

@@ -237,8 +237,8 @@ fn revocation_survives_raw_sql() {
     assert_sql_refused(
         &raw,
         [
-            "UPDATE api_keys SET revoked_at = NULL WHERE id = ?1",
-            "UPDATE api_keys SET revoked_at = revoked_at + 3600000 WHERE id = ?1",
+            "UPDATE keyhook_api_keys SET revoked_at = NULL WHERE id = ?1",
+            "UPDATE keyhook_api_keys SET revoked_at = revoked_at + 3600000 WHERE id = ?1",
         ],
         &key.id,
         "cannot be re-enabled",
@@ -254,14 +254,14 @@ fn revocation_survives_raw_sql() {
     assert_sql_refused(
         &raw,
         [
-            "UPDATE api_keys SET revoke_at = NULL WHERE id = ?1",
-            "UPDATE api_keys SET revoke_at = revoke_at + 1 WHERE id = ?1",
+            "UPDATE keyhook_api_keys SET revoke_at = NULL WHERE id = ?1",
+            "UPDATE keyhook_api_keys SET revoke_at = revoke_at + 1 WHERE id = ?1",
         ],
         &rolled.id,
         "cannot be cleared",
     );
     raw.execute(
-        "UPDATE api_keys SET revoke_at = 0 WHERE id = ?1",
+        "UPDATE keyhook_api_keys SET revoke_at = 0 WHERE id = ?1",
         [&rolled.id],
     )
     .unwrap();
@@ -745,7 +745,11 @@ fn a_newer_schema_is_refused() {
     drop(Database::open(&path).unwrap());
     {
         let raw = rusqlite::Connection::open(&path).unwrap();
-        raw.pragma_update(None, "user_version", 999).unwrap();
+        raw.execute(
+            "INSERT INTO keyhook_migrations (version, applied_at) VALUES (999, 0)",
+            [],
+        )
+        .unwrap();
     }
     match Database::open(&path) {
         Err(Error::SchemaTooNew {
@@ -756,7 +760,9 @@ fn a_newer_schema_is_refused() {
     }
     let raw = rusqlite::Connection::open(&path).unwrap();
     let version: u32 = raw
-        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .query_row("SELECT MAX(version) FROM keyhook_migrations", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(version, 999, "the newer file was left as it was");
 }

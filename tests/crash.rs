@@ -605,7 +605,7 @@ fn a_dead_process_s_unsent_claims_do_not_stall_a_failing_endpoint() {
     let raw = rusqlite::Connection::open(t.path()).unwrap();
     let failing = || -> bool {
         raw.query_row(
-            "SELECT MAX(consecutive_failures) > 0 FROM endpoints",
+            "SELECT MAX(consecutive_failures) > 0 FROM keyhook_endpoints",
             [],
             |r| r.get(0),
         )

@@ -961,7 +961,7 @@ fn response_excerpt_is_truncated() {
 /// Events stored in the database file, counted with plain rusqlite.
 fn stored_events(t: &TempDb) -> i64 {
     let conn = rusqlite::Connection::open(t.path()).unwrap();
-    conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+    conn.query_row("SELECT COUNT(*) FROM keyhook_events", [], |r| r.get(0))
         .unwrap()
 }
 

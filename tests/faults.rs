@@ -358,7 +358,7 @@ fn an_expired_looking_lease_is_not_claimed_again_by_its_own_process() {
         )
         .or_else(|_| {
             rusqlite::Connection::open(t.path()).unwrap().execute(
-                "UPDATE deliveries SET next_attempt_at = 0 WHERE state = 0",
+                "UPDATE keyhook_deliveries SET next_attempt_at = 0 WHERE state = 0",
                 [],
             )
         })
@@ -457,7 +457,7 @@ fn a_database_held_elsewhere_delays_but_never_duplicates() {
         .query_row("SELECT COUNT(*) FROM keyhook_events", [], |r| r.get(0))
         .or_else(|_| {
             rusqlite::Connection::open(t.path()).unwrap().query_row(
-                "SELECT COUNT(*) FROM events",
+                "SELECT COUNT(*) FROM keyhook_events",
                 [],
                 |r| r.get(0),
             )

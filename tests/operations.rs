@@ -864,11 +864,11 @@ fn emit_in_exists_only_if_the_host_transaction_commits() {
     d.wake();
     assert_eq!(host_rows(&host, "kept"), 1);
     let events: i64 = host
-        .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+        .query_row("SELECT COUNT(*) FROM keyhook_events", [], |r| r.get(0))
         .unwrap();
     assert_eq!(events, 1, "only the committed event exists");
     let deliveries: i64 = host
-        .query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))
+        .query_row("SELECT COUNT(*) FROM keyhook_deliveries", [], |r| r.get(0))
         .unwrap();
     assert_eq!(deliveries, 1);
     std::thread::sleep(SETTLE);
@@ -945,12 +945,15 @@ fn purge_removes_finished_deliveries_attempts_and_events_but_never_pending() {
     wait_for_state(&d, ORG, &ok.endpoint.id, DeliveryState::Delivered, 2);
     wait_for_state(&d, ORG, &gone.endpoint.id, DeliveryState::Failed, 1);
     wait_for_attempts(&d, ORG, &down.endpoint.id, 1, 1);
-    assert_eq!(count(t.path(), "SELECT COUNT(*) FROM attempts"), 4);
+    assert_eq!(count(t.path(), "SELECT COUNT(*) FROM keyhook_attempts"), 4);
 
     // Nothing is that old yet.
     let none = d.purge(Duration::from_secs(3600)).unwrap();
     assert_eq!((none.events, none.deliveries), (0, 0));
-    assert_eq!(count(t.path(), "SELECT COUNT(*) FROM deliveries"), 4);
+    assert_eq!(
+        count(t.path(), "SELECT COUNT(*) FROM keyhook_deliveries"),
+        4
+    );
 
     std::thread::sleep(Duration::from_millis(5));
     let report = d.purge(Duration::ZERO).unwrap();
@@ -965,8 +968,8 @@ fn purge_removes_finished_deliveries_attempts_and_events_but_never_pending() {
     assert_eq!(kept.len(), 1);
     assert_eq!(kept[0].state, DeliveryState::Pending);
     assert_eq!(kept[0].attempts.len(), 1);
-    assert_eq!(count(t.path(), "SELECT COUNT(*) FROM attempts"), 1);
-    assert_eq!(count(t.path(), "SELECT COUNT(*) FROM events"), 1);
+    assert_eq!(count(t.path(), "SELECT COUNT(*) FROM keyhook_attempts"), 1);
+    assert_eq!(count(t.path(), "SELECT COUNT(*) FROM keyhook_events"), 1);
     assert_eq!(d.backlog(ORG).unwrap(), 1);
 
     let again = d.purge(Duration::ZERO).unwrap();
@@ -1003,7 +1006,10 @@ fn background_retention_purges_finished_deliveries_only() {
     assert_eq!(kept.len(), 1);
     assert_eq!(kept[0].state, DeliveryState::Pending);
     assert_eq!(all(&d, ORG, &down.endpoint.id, None).len(), 1);
-    assert_eq!(count(t.path(), "SELECT COUNT(*) FROM deliveries"), 1);
+    assert_eq!(
+        count(t.path(), "SELECT COUNT(*) FROM keyhook_deliveries"),
+        1
+    );
     d.shutdown(WAIT).unwrap();
 }
 

@@ -259,8 +259,8 @@ fn stored_expiries(path: &std::path::Path, endpoint_id: &str) -> Vec<Option<i64>
     let conn = rusqlite::Connection::open(path).unwrap();
     let mut stmt = conn
         .prepare(
-            "SELECT s.expires_at FROM endpoint_secrets s
-             JOIN endpoints e ON e.row_id = s.endpoint_row
+            "SELECT s.expires_at FROM keyhook_endpoint_secrets s
+             JOIN keyhook_endpoints e ON e.row_id = s.endpoint_row
              WHERE e.id = ?1 ORDER BY s.row_id",
         )
         .unwrap();

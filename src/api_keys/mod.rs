@@ -300,12 +300,12 @@ impl ApiKeyStore {
         validate::org(org)?;
         self.db.write(|tx| {
             tx.execute(
-                "INSERT INTO organizations (id, api_keys_enabled) VALUES (?1, ?2)
+                "INSERT INTO keyhook_organizations (id, api_keys_enabled) VALUES (?1, ?2)
                  ON CONFLICT (id) DO UPDATE SET api_keys_enabled = excluded.api_keys_enabled",
                 params![org, enabled],
             )?;
             tx.execute(
-                "UPDATE api_keys SET org_enabled = ?2 WHERE org_id = ?1 AND org_enabled <> ?2",
+                "UPDATE keyhook_api_keys SET org_enabled = ?2 WHERE org_id = ?1 AND org_enabled <> ?2",
                 params![org, enabled],
             )?;
             Ok(())
@@ -319,12 +319,12 @@ impl ApiKeyStore {
     /// [`Error::Database`].
     pub fn api_keys_enabled(&self, org: &str) -> Result<bool> {
         self.db.read(|c| {
-            Ok(
-                c.prepare_cached("SELECT api_keys_enabled FROM organizations WHERE id = ?1")?
-                    .query_row([org], |r| r.get(0))
-                    .optional()?
-                    .unwrap_or(false),
-            )
+            Ok(c.prepare_cached(
+                "SELECT api_keys_enabled FROM keyhook_organizations WHERE id = ?1",
+            )?
+            .query_row([org], |r| r.get(0))
+            .optional()?
+            .unwrap_or(false))
         })
     }
 
@@ -348,7 +348,7 @@ impl ApiKeyStore {
         self.db.write(|tx| {
             let enabled: bool = tx
                 .query_row(
-                    "SELECT api_keys_enabled FROM organizations WHERE id = ?1",
+                    "SELECT api_keys_enabled FROM keyhook_organizations WHERE id = ?1",
                     [org],
                     |r| r.get(0),
                 )
@@ -366,7 +366,7 @@ impl ApiKeyStore {
     fn require_room(&self, tx: &rusqlite::Transaction<'_>, org: &str, now: i64) -> Result<()> {
         let live: u32 = tx
             .prepare_cached(
-                "SELECT COUNT(*) FROM api_keys INDEXED BY api_keys_live_by_org
+                "SELECT COUNT(*) FROM keyhook_api_keys INDEXED BY keyhook_api_keys_live_by_org
                  WHERE org_id = ?1 AND revoked_at IS NULL
                    AND (revoke_at IS NULL OR revoke_at > ?2)
                    AND (expires_at IS NULL OR expires_at > ?2)",
@@ -394,7 +394,7 @@ impl ApiKeyStore {
         let (hash, kind) = self.hash(secret.as_bytes());
         let hint = format::hint(&self.config.prefix, env, &id);
         tx.execute(
-            "INSERT INTO api_keys (id, org_id, name, description, environment, hint, hash,
+            "INSERT INTO keyhook_api_keys (id, org_id, name, description, environment, hint, hash,
                  hash_kind, scopes, created_at, updated_at, expires_at, org_enabled)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, 1)",
             params![
@@ -427,7 +427,7 @@ impl ApiKeyStore {
         let now = now_ms();
         self.db.read(|c| {
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT {KEY_COLUMNS} FROM api_keys WHERE org_id = ?1
+                "SELECT {KEY_COLUMNS} FROM keyhook_api_keys WHERE org_id = ?1
                  ORDER BY created_at DESC, row_id DESC"
             ))?;
             let rows = stmt.query_map([org], |r| key_from_row(r, now))?;
@@ -456,7 +456,7 @@ impl ApiKeyStore {
         self.db.write(|tx| {
             require_not_revoked(tx, org, id, now)?;
             tx.execute(
-                "UPDATE api_keys SET name = ?3, updated_at = ?4 WHERE org_id = ?1 AND id = ?2",
+                "UPDATE keyhook_api_keys SET name = ?3, updated_at = ?4 WHERE org_id = ?1 AND id = ?2",
                 params![org, id, name, now],
             )?;
             get_key(tx, org, id, now)
@@ -488,7 +488,7 @@ impl ApiKeyStore {
                 self.require_room(tx, org, now)?;
             }
             tx.execute(
-                "UPDATE api_keys SET expires_at = ?3, scopes = ?4, description = ?5, updated_at = ?6
+                "UPDATE keyhook_api_keys SET expires_at = ?3, scopes = ?4, description = ?5, updated_at = ?6
                  WHERE org_id = ?1 AND id = ?2",
                 params![
                     org,
@@ -514,7 +514,7 @@ impl ApiKeyStore {
         self.db.write(|tx| {
             get_key(tx, org, id, now)?;
             tx.execute(
-                "UPDATE api_keys SET revoked_at = MIN(COALESCE(revoke_at, ?3), ?3), updated_at = ?3
+                "UPDATE keyhook_api_keys SET revoked_at = MIN(COALESCE(revoke_at, ?3), ?3), updated_at = ?3
                  WHERE org_id = ?1 AND id = ?2 AND revoked_at IS NULL",
                 params![org, id, now],
             )?;
@@ -557,12 +557,12 @@ impl ApiKeyStore {
             }
             if grace.is_zero() {
                 tx.execute(
-                    "UPDATE api_keys SET revoked_at = ?3, updated_at = ?3 WHERE org_id = ?1 AND id = ?2",
+                    "UPDATE keyhook_api_keys SET revoked_at = ?3, updated_at = ?3 WHERE org_id = ?1 AND id = ?2",
                     params![org, id, now],
                 )?;
             } else {
                 tx.execute(
-                    "UPDATE api_keys SET revoke_at = MIN(COALESCE(revoke_at, ?3), ?3), updated_at = ?4
+                    "UPDATE keyhook_api_keys SET revoke_at = MIN(COALESCE(revoke_at, ?3), ?3), updated_at = ?4
                      WHERE org_id = ?1 AND id = ?2",
                     params![org, id, revoke_at, now],
                 )?;
@@ -602,7 +602,7 @@ impl ApiKeyStore {
             .prepare_cached(
                 "SELECT org_id, hash, hash_kind, scopes, environment, expires_at, revoke_at,
                         revoked_at, last_used_at, org_enabled
-                 FROM api_keys WHERE id = ?1",
+                 FROM keyhook_api_keys WHERE id = ?1",
             )?
             .query_row([parsed.id], |r| {
                 Ok(VerifyRow {
@@ -659,7 +659,7 @@ impl ApiKeyStore {
             // A failure to record usage must not fail an otherwise valid request.
             if let Err(e) = conn
                 .prepare_cached(
-                    "UPDATE api_keys SET last_used_at = ?2
+                    "UPDATE keyhook_api_keys SET last_used_at = ?2
                      WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at <= ?3)",
                 )
                 .and_then(|mut s| {
@@ -732,7 +732,7 @@ fn split_scopes(s: &str) -> Vec<String> {
 
 fn get_key(c: &rusqlite::Connection, org: &str, id: &str, now: i64) -> Result<ApiKey> {
     c.prepare_cached(&format!(
-        "SELECT {KEY_COLUMNS} FROM api_keys WHERE org_id = ?1 AND id = ?2"
+        "SELECT {KEY_COLUMNS} FROM keyhook_api_keys WHERE org_id = ?1 AND id = ?2"
     ))?
     .query_row([org, id], |r| key_from_row(r, now))
     .optional()?
@@ -802,7 +802,7 @@ mod tests {
         let plaintext = created.secret.expose().to_owned();
         let secret_part = &plaintext[plaintext.len() - 28..plaintext.len() - 6];
         let stored: Vec<u8> =
-            s.db.read(|c| Ok(c.query_row("SELECT hash FROM api_keys", [], |r| r.get(0))?))
+            s.db.read(|c| Ok(c.query_row("SELECT hash FROM keyhook_api_keys", [], |r| r.get(0))?))
                 .unwrap();
         assert_eq!(stored, Sha256::digest(secret_part.as_bytes()).to_vec());
         assert!(!format!("{created:?}").contains(secret_part));

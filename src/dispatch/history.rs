@@ -135,9 +135,9 @@ pub struct HistoryPage {
 fn delivery_select(index: Option<&str>) -> String {
     format!(
         "SELECT d.row_id, ev.id, ev.event_type, e.id, d.state, d.created_at, d.next_attempt_at
-         FROM deliveries d {}
-         CROSS JOIN events ev ON ev.row_id = d.event_row
-         CROSS JOIN endpoints e ON e.row_id = d.endpoint_row",
+         FROM keyhook_deliveries d {}
+         CROSS JOIN keyhook_events ev ON ev.row_id = d.event_row
+         CROSS JOIN keyhook_endpoints e ON e.row_id = d.endpoint_row",
         index.map(|i| format!("INDEXED BY {i}")).unwrap_or_default()
     )
 }
@@ -183,7 +183,7 @@ fn collect(c: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<V
 pub(crate) fn attempts(c: &Connection, delivery_row: i64) -> Result<Vec<Attempt>> {
     let mut stmt = c.prepare_cached(
         "SELECT attempted_at, duration_ms, status_code, error_kind, response_body, manual
-         FROM attempts WHERE delivery_row = ?1 ORDER BY row_id",
+         FROM keyhook_attempts WHERE delivery_row = ?1 ORDER BY row_id",
     )?;
     let rows = stmt.query_map([delivery_row], |r| {
         Ok(Attempt {
@@ -202,7 +202,7 @@ pub(crate) fn attempts(c: &Connection, delivery_row: i64) -> Result<Vec<Attempt>
 
 /// The endpoint's row, if `org` has it.
 pub(crate) fn endpoint_row(c: &Connection, org: &str, endpoint_id: &str) -> Result<i64> {
-    c.prepare_cached("SELECT row_id FROM endpoints WHERE org_id = ?1 AND id = ?2")?
+    c.prepare_cached("SELECT row_id FROM keyhook_endpoints WHERE org_id = ?1 AND id = ?2")?
         .query_row([org, endpoint_id], |r| r.get(0))
         .optional()?
         .ok_or_else(|| Error::not_found("endpoint", endpoint_id))
@@ -257,7 +257,7 @@ pub(crate) fn endpoint_history(
                     "{} WHERE d.endpoint_row = ?1 AND d.state = ?2
                        AND d.created_at >= ?3 AND (d.created_at, d.row_id) < (?4, ?5)
                      ORDER BY d.created_at DESC, d.row_id DESC LIMIT ?6",
-                    delivery_select(Some("deliveries_by_endpoint_state"))
+                    delivery_select(Some("keyhook_deliveries_by_endpoint_state"))
                 ),
                 params![row, state.code(), since, before_at, before_row, limit],
             )?,
@@ -267,7 +267,7 @@ pub(crate) fn endpoint_history(
                     "{} WHERE d.endpoint_row = ?1
                        AND d.created_at >= ?2 AND (d.created_at, d.row_id) < (?3, ?4)
                      ORDER BY d.created_at DESC, d.row_id DESC LIMIT ?5",
-                    delivery_select(Some("deliveries_by_endpoint"))
+                    delivery_select(Some("keyhook_deliveries_by_endpoint"))
                 ),
                 params![row, since, before_at, before_row, limit],
             )?,
@@ -294,7 +294,7 @@ pub(crate) fn endpoint_history(
 pub(crate) fn event_deliveries(db: &Database, org: &str, event_id: &str) -> Result<Vec<Delivery>> {
     db.read(|c| {
         let row: i64 = c
-            .prepare_cached("SELECT row_id FROM events WHERE org_id = ?1 AND id = ?2")?
+            .prepare_cached("SELECT row_id FROM keyhook_events WHERE org_id = ?1 AND id = ?2")?
             .query_row([org, event_id], |r| r.get(0))
             .optional()?
             .ok_or_else(|| Error::not_found("event", event_id))?;
@@ -337,7 +337,7 @@ const CURSOR_TAG_LEN: usize = 16;
 
 fn cursor_key(c: &Connection) -> Result<Vec<u8>> {
     Ok(
-        c.prepare_cached("SELECT value FROM meta WHERE key = 'cursor_key'")?
+        c.prepare_cached("SELECT value FROM keyhook_meta WHERE key = 'cursor_key'")?
             .query_row([], |r| r.get(0))?,
     )
 }
@@ -414,7 +414,7 @@ pub(crate) fn endpoint_stats(db: &Database, org: &str, endpoint_id: &str) -> Res
         let row = endpoint_row(c, org, endpoint_id)?;
         let count = |state: i64| -> Result<u64> {
             Ok(c.prepare_cached(
-                "SELECT COUNT(*) FROM deliveries INDEXED BY deliveries_by_endpoint_state
+                "SELECT COUNT(*) FROM keyhook_deliveries INDEXED BY keyhook_deliveries_by_endpoint_state
                  WHERE endpoint_row = ?1 AND state = ?2",
             )?
             .query_row(params![row, state], |r| r.get(0))?)
@@ -423,8 +423,8 @@ pub(crate) fn endpoint_stats(db: &Database, org: &str, endpoint_id: &str) -> Res
         let (attempts, ok): (u64, u64) = c
             .prepare_cached(
                 "SELECT COUNT(a.row_id), COALESCE(SUM(a.status_code BETWEEN 200 AND 299), 0)
-                 FROM deliveries d INDEXED BY deliveries_by_endpoint
-                 JOIN attempts a ON a.delivery_row = d.row_id
+                 FROM keyhook_deliveries d INDEXED BY keyhook_deliveries_by_endpoint
+                 JOIN keyhook_attempts a ON a.delivery_row = d.row_id
                  WHERE d.endpoint_row = ?1 AND d.created_at >= ?2 AND a.attempted_at >= ?2",
             )?
             .query_row(params![row, day_ago], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -442,8 +442,8 @@ pub(crate) fn endpoint_stats(db: &Database, org: &str, endpoint_id: &str) -> Res
 pub(crate) fn org_backlog(db: &Database, org: &str) -> Result<u64> {
     db.read(|c| {
         Ok(c.prepare_cached(
-            "SELECT COUNT(*) FROM endpoints e
-             JOIN deliveries d INDEXED BY deliveries_due_by_endpoint
+            "SELECT COUNT(*) FROM keyhook_endpoints e
+             JOIN keyhook_deliveries d INDEXED BY keyhook_deliveries_due_by_endpoint
                ON d.endpoint_row = e.row_id AND d.state = 0
              WHERE e.org_id = ?1",
         )?

@@ -114,7 +114,7 @@ pub(crate) fn insert_events(
             });
         }
         if !tx
-            .prepare_cached("SELECT 1 FROM event_types WHERE name = ?1")?
+            .prepare_cached("SELECT 1 FROM keyhook_event_types WHERE name = ?1")?
             .exists([&event.event_type])?
         {
             return Err(Error::UnknownEventType {
@@ -123,7 +123,9 @@ pub(crate) fn insert_events(
         }
         if let Some(key) = &event.idempotency_key
             && let Some(id) = tx
-                .prepare_cached("SELECT id FROM events WHERE org_id = ?1 AND idempotency_key = ?2")?
+                .prepare_cached(
+                    "SELECT id FROM keyhook_events WHERE org_id = ?1 AND idempotency_key = ?2",
+                )?
                 .query_row(params![org, key], |r| r.get::<_, String>(0))
                 .optional()?
         {
@@ -132,7 +134,7 @@ pub(crate) fn insert_events(
         }
         let id = new_id("msg_", now)?;
         tx.prepare_cached(
-            "INSERT INTO events (id, org_id, event_type, body, idempotency_key, created_at)
+            "INSERT INTO keyhook_events (id, org_id, event_type, body, idempotency_key, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
         .execute(params![
@@ -146,12 +148,12 @@ pub(crate) fn insert_events(
         let event_row = tx.last_insert_rowid();
         let deliveries = tx
             .prepare_cached(
-                "INSERT INTO deliveries (event_row, endpoint_row, org_id, state, next_attempt_at,
+                "INSERT INTO keyhook_deliveries (event_row, endpoint_row, org_id, state, next_attempt_at,
                      created_at, updated_at)
-                 SELECT ?1, e.row_id, e.org_id, 0, ?2, ?3, ?3 FROM endpoints e
+                 SELECT ?1, e.row_id, e.org_id, 0, ?2, ?3, ?3 FROM keyhook_endpoints e
                  WHERE e.org_id = ?4 AND e.enabled = 1
                    AND (e.all_event_types = 1 OR EXISTS (
-                        SELECT 1 FROM endpoint_event_types t
+                        SELECT 1 FROM keyhook_endpoint_event_types t
                         WHERE t.endpoint_row = e.row_id AND t.event_type = ?5))",
             )?
             .execute(params![
@@ -398,7 +400,7 @@ fn with_event(
     lease_until: i64,
 ) -> Result<Claimed> {
     let (event_id, body) = conn
-        .prepare_cached("SELECT id, body FROM events WHERE row_id = ?1")?
+        .prepare_cached("SELECT id, body FROM keyhook_events WHERE row_id = ?1")?
         .query_row([event_row], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(Claimed {
         delivery_row,
@@ -420,10 +422,10 @@ const DUE_WINDOW_SQL: &str = "
     SELECT COUNT(*),
            COALESCE(SUM(e.enabled = 1
                         AND (e.consecutive_failures > 0 OR e.last_success_at IS NULL)), 0)
-    FROM (SELECT endpoint_row FROM deliveries INDEXED BY deliveries_due
+    FROM (SELECT endpoint_row FROM keyhook_deliveries INDEXED BY keyhook_deliveries_due
           WHERE state = 0 AND next_attempt_at <= ?1
           ORDER BY next_attempt_at LIMIT (SELECT ?2)) d
-    JOIN endpoints e ON e.row_id = d.endpoint_row";
+    JOIN keyhook_endpoints e ON e.row_id = d.endpoint_row";
 
 // Every claim statement takes the same parameters: ?1 now, ?2 the lease
 // end, ?3 how many, ?4 attempts in flight per limited endpoint, ?5 failing
@@ -441,7 +443,7 @@ const DUE_WINDOW_SQL: &str = "
 macro_rules! lease {
     ($leased:literal, $select:expr) => {
         concat!(
-            "UPDATE deliveries
+            "UPDATE keyhook_deliveries
              SET next_attempt_at = ?2, leased = ",
             $leased,
             ", attempts = attempts + 1, updated_at = ?1
@@ -460,11 +462,11 @@ macro_rules! with_pending_endpoints {
     ($select:literal) => {
         concat!(
             "WITH RECURSIVE pending(endpoint_row) AS (
-                SELECT (SELECT MIN(endpoint_row) FROM deliveries
-                        INDEXED BY deliveries_due_by_endpoint WHERE state = 0)
+                SELECT (SELECT MIN(endpoint_row) FROM keyhook_deliveries
+                        INDEXED BY keyhook_deliveries_due_by_endpoint WHERE state = 0)
                 UNION ALL
-                SELECT (SELECT MIN(d.endpoint_row) FROM deliveries d
-                        INDEXED BY deliveries_due_by_endpoint
+                SELECT (SELECT MIN(d.endpoint_row) FROM keyhook_deliveries d
+                        INDEXED BY keyhook_deliveries_due_by_endpoint
                         WHERE d.state = 0 AND d.endpoint_row > p.endpoint_row)
                 FROM pending p WHERE p.endpoint_row IS NOT NULL
             ) ",
@@ -478,14 +480,14 @@ macro_rules! with_pending_endpoints {
 const CLAIM_LIMITED_SQL: &str = lease!(
     2,
     with_pending_endpoints!(
-        "SELECT (SELECT d.row_id FROM deliveries d INDEXED BY deliveries_due_by_endpoint
+        "SELECT (SELECT d.row_id FROM keyhook_deliveries d INDEXED BY keyhook_deliveries_due_by_endpoint
                  WHERE d.endpoint_row = e.row_id AND d.state = 0 AND d.next_attempt_at <= ?1
                    AND d.row_id NOT IN (SELECT value FROM json_each(?6))
                  ORDER BY d.next_attempt_at, d.row_id LIMIT 1) AS next_row
-         FROM pending p JOIN endpoints e ON e.row_id = p.endpoint_row
+         FROM pending p JOIN keyhook_endpoints e ON e.row_id = p.endpoint_row
          WHERE e.enabled = 1 AND (e.consecutive_failures > 0 OR e.last_success_at IS NULL)
            AND (e.consecutive_failures > 0) = ?5
-           AND (SELECT COUNT(*) FROM deliveries x INDEXED BY deliveries_in_flight
+           AND (SELECT COUNT(*) FROM keyhook_deliveries x INDEXED BY keyhook_deliveries_in_flight
                 WHERE x.endpoint_row = e.row_id AND x.state = 0 AND x.leased = 2
                   AND x.next_attempt_at > ?1) < ?4
            AND next_row IS NOT NULL
@@ -499,11 +501,11 @@ const CLAIM_LIMITED_SQL: &str = lease!(
 const CLAIM_HEALTHY_SQL: &str = lease!(
     1,
     "SELECT d.row_id
-     FROM (SELECT row_id, endpoint_row FROM deliveries INDEXED BY deliveries_due
+     FROM (SELECT row_id, endpoint_row FROM keyhook_deliveries INDEXED BY keyhook_deliveries_due
            WHERE state = 0 AND next_attempt_at <= ?1
              AND row_id NOT IN (SELECT value FROM json_each(?6))
            ORDER BY next_attempt_at, row_id LIMIT (SELECT MAX(?3 * 8, 64))) d
-     JOIN endpoints e ON e.row_id = d.endpoint_row
+     JOIN keyhook_endpoints e ON e.row_id = d.endpoint_row
      WHERE e.enabled = 1 AND e.consecutive_failures = 0 AND e.last_success_at IS NOT NULL
      LIMIT (SELECT ?3)"
 );
@@ -514,8 +516,8 @@ const CLAIM_HEALTHY_DEEP_SQL: &str = lease!(
     with_pending_endpoints!(
         "SELECT d.row_id
          FROM pending p
-         JOIN endpoints e ON e.row_id = p.endpoint_row
-         JOIN deliveries d INDEXED BY deliveries_due_by_endpoint
+         JOIN keyhook_endpoints e ON e.row_id = p.endpoint_row
+         JOIN keyhook_deliveries d INDEXED BY keyhook_deliveries_due_by_endpoint
            ON d.endpoint_row = e.row_id AND d.state = 0 AND d.next_attempt_at <= ?1
          WHERE e.enabled = 1 AND e.consecutive_failures = 0 AND e.last_success_at IS NOT NULL
            AND d.row_id NOT IN (SELECT value FROM json_each(?6))
@@ -553,7 +555,7 @@ pub(crate) fn release(db: &Database, claimed: &[Claimed]) -> Result<()> {
 fn give_back(tx: &Transaction<'_>, c: &Claimed, now: i64) -> Result<bool> {
     Ok(tx
         .prepare_cached(
-            "UPDATE deliveries SET leased = 0, next_attempt_at = ?3, attempts = attempts - 1
+            "UPDATE keyhook_deliveries SET leased = 0, next_attempt_at = ?3, attempts = attempts - 1
              WHERE row_id = ?1 AND attempts = ?2 AND state = 0",
         )?
         .execute(params![c.delivery_row, c.attempt, now])?
@@ -565,7 +567,7 @@ fn load_endpoint(conn: &Connection, endpoint_row: i64, now: i64) -> Result<Endpo
         .prepare_cached(
             "SELECT id, org_id, url, headers, consecutive_failures > 0,
                     last_success_at IS NULL
-             FROM endpoints WHERE row_id = ?1",
+             FROM keyhook_endpoints WHERE row_id = ?1",
         )?
         .query_row([endpoint_row], |r| {
             Ok((
@@ -612,7 +614,7 @@ fn complete_one(
     let (claimed, response, target) = (&c.claimed, &c.response, &c.claimed.target);
     let mut notices = Vec::new();
     if !tx
-        .prepare_cached("SELECT 1 FROM deliveries WHERE row_id = ?1")?
+        .prepare_cached("SELECT 1 FROM keyhook_deliveries WHERE row_id = ?1")?
         .exists([claimed.delivery_row])?
     {
         return Ok(Recorded::dropped(
@@ -638,7 +640,7 @@ fn complete_one(
         state == DELIVERED
             && tx
                 .prepare_cached(
-                    "UPDATE deliveries SET state = 1, next_attempt_at = NULL, leased = 0,
+                    "UPDATE keyhook_deliveries SET state = 1, next_attempt_at = NULL, leased = 0,
                          updated_at = ?2
                      WHERE row_id = ?1 AND state <> 1",
                 )?
@@ -646,7 +648,7 @@ fn complete_one(
                 > 0
     } else {
         tx.prepare_cached(
-            "UPDATE deliveries SET state = ?3, next_attempt_at = ?4, leased = 0, updated_at = ?5
+            "UPDATE keyhook_deliveries SET state = ?3, next_attempt_at = ?4, leased = 0, updated_at = ?5
              WHERE row_id = ?1 AND attempts = ?2 AND state = 0",
         )?
         .execute(params![
@@ -660,7 +662,7 @@ fn complete_one(
     let duration_ms = response.duration.as_millis() as i64;
     let started = now - duration_ms;
     tx.prepare_cached(
-        "INSERT INTO attempts (delivery_row, attempted_at, duration_ms, status_code,
+        "INSERT INTO keyhook_attempts (delivery_row, attempted_at, duration_ms, status_code,
              error_kind, response_body, manual)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
@@ -678,7 +680,7 @@ fn complete_one(
             // It was failing when claimed: tell the host if this ends that.
             let failing_since: Option<Option<i64>> = tx
                 .prepare_cached(
-                    "SELECT failing_since FROM endpoints WHERE row_id = ?1 AND consecutive_failures > 0",
+                    "SELECT failing_since FROM keyhook_endpoints WHERE row_id = ?1 AND consecutive_failures > 0",
                 )?
                 .query_row([target.endpoint_row], |r| r.get(0))
                 .optional()?;
@@ -692,7 +694,7 @@ fn complete_one(
         }
         // Written only when something changes, or once a second.
         tx.prepare_cached(
-            "UPDATE endpoints SET consecutive_failures = 0, failing_since = NULL,
+            "UPDATE keyhook_endpoints SET consecutive_failures = 0, failing_since = NULL,
                  last_success_at = ?2
              WHERE row_id = ?1 AND (consecutive_failures <> 0 OR last_success_at IS NULL
                  OR last_success_at < ?2 - 1000)",
@@ -700,7 +702,7 @@ fn complete_one(
         .execute(params![target.endpoint_row, now])?;
     } else {
         tx.prepare_cached(
-            "UPDATE endpoints SET consecutive_failures = consecutive_failures + 1,
+            "UPDATE keyhook_endpoints SET consecutive_failures = consecutive_failures + 1,
                  failing_since = COALESCE(failing_since, ?2)
              WHERE row_id = ?1",
         )?
@@ -708,7 +710,7 @@ fn complete_one(
         if let Some(after) = policy.auto_disable_after_ms {
             let since: Option<i64> = tx
                 .prepare_cached(
-                    "UPDATE endpoints SET enabled = 0, disabled_at = ?2, updated_at = ?2,
+                    "UPDATE keyhook_endpoints SET enabled = 0, disabled_at = ?2, updated_at = ?2,
                          disabled_reason = 'deliveries failed continuously'
                      WHERE row_id = ?1 AND enabled = 1 AND failing_since <= ?3
                      RETURNING failing_since",
@@ -727,7 +729,7 @@ fn complete_one(
     if c.next == Next::Gone {
         let changed = tx
             .prepare_cached(
-                "UPDATE endpoints SET enabled = 0, disabled_at = ?2, updated_at = ?2,
+                "UPDATE keyhook_endpoints SET enabled = 0, disabled_at = ?2, updated_at = ?2,
                      disabled_reason = 'the receiver answered 410 Gone'
                  WHERE row_id = ?1 AND enabled = 1",
             )?
@@ -763,7 +765,7 @@ pub(crate) fn load_manual(
 ) -> Result<Option<Claimed>> {
     let row = conn
         .prepare_cached(
-            "SELECT event_row, endpoint_row, attempts FROM deliveries
+            "SELECT event_row, endpoint_row, attempts FROM keyhook_deliveries
              WHERE row_id = ?1 AND org_id = ?2",
         )?
         .query_row(params![delivery_row, org], |r| {
@@ -797,7 +799,7 @@ pub(crate) fn recover(db: &Database, endpoint_row: i64, since: i64) -> Result<us
     db.write(|tx| {
         Ok(tx
             .prepare_cached(
-                "UPDATE deliveries SET state = 0, attempts = 0, next_attempt_at = ?3, leased = 0,
+                "UPDATE keyhook_deliveries SET state = 0, attempts = 0, next_attempt_at = ?3, leased = 0,
                      updated_at = ?3
                  WHERE endpoint_row = ?1 AND state = 2 AND created_at >= ?2",
             )?
@@ -831,7 +833,7 @@ pub(crate) fn purge(db: &Database, cutoff: i64, stop: &dyn Fn() -> bool) -> Resu
         let (events, deliveries, last) = db.write_background(|tx| {
             let batch: Vec<(i64, i64)> = tx
                 .prepare_cached(
-                    "SELECT created_at, row_id FROM events
+                    "SELECT created_at, row_id FROM keyhook_events
                      WHERE created_at < ?1 AND (created_at, row_id) > (?2, ?3)
                      ORDER BY created_at, row_id LIMIT ?4",
                 )?
@@ -842,12 +844,14 @@ pub(crate) fn purge(db: &Database, cutoff: i64, stop: &dyn Fn() -> bool) -> Resu
             let (mut events, mut deliveries) = (0u64, 0u64);
             for (_, row) in &batch {
                 deliveries += tx
-                    .prepare_cached("DELETE FROM deliveries WHERE event_row = ?1 AND state <> 0")?
+                    .prepare_cached(
+                        "DELETE FROM keyhook_deliveries WHERE event_row = ?1 AND state <> 0",
+                    )?
                     .execute([row])? as u64;
                 events += tx
                     .prepare_cached(
-                        "DELETE FROM events WHERE row_id = ?1
-                           AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_row = ?1)",
+                        "DELETE FROM keyhook_events WHERE row_id = ?1
+                           AND NOT EXISTS (SELECT 1 FROM keyhook_deliveries WHERE event_row = ?1)",
                     )?
                     .execute([row])? as u64;
             }
@@ -870,8 +874,10 @@ pub(crate) fn purge(db: &Database, cutoff: i64, stop: &dyn Fn() -> bool) -> Resu
 pub(crate) fn next_due(db: &Database) -> Result<Option<i64>> {
     db.read(|c| {
         Ok(
-            c.prepare_cached("SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 0")?
-                .query_row([], |r| r.get::<_, Option<i64>>(0))?,
+            c.prepare_cached(
+                "SELECT MIN(next_attempt_at) FROM keyhook_deliveries WHERE state = 0",
+            )?
+            .query_row([], |r| r.get::<_, Option<i64>>(0))?,
         )
     })
 }
@@ -889,7 +895,7 @@ mod tests {
         db.write(|tx| {
             let now = now_ms();
             let mut endpoint = tx.prepare(
-                "INSERT INTO endpoints (id, org_id, url, all_event_types, headers, created_at,
+                "INSERT INTO keyhook_endpoints (id, org_id, url, all_event_types, headers, created_at,
                      updated_at, last_success_at)
                  VALUES (?1, ?2, 'https://example.com/', 1, '[]', ?3, ?3, ?4)",
             )?;
@@ -904,14 +910,14 @@ mod tests {
                 ])?;
             }
             tx.execute(
-                "INSERT INTO events (id, org_id, event_type, body, created_at)
+                "INSERT INTO keyhook_events (id, org_id, event_type, body, created_at)
                  VALUES ('msg_1', 'org_a', 't', x'7b7d', ?1)",
                 [now],
             )?;
             tx.execute(
-                "INSERT INTO deliveries (event_row, endpoint_row, org_id, next_attempt_at,
+                "INSERT INTO keyhook_deliveries (event_row, endpoint_row, org_id, next_attempt_at,
                      created_at, updated_at)
-                 SELECT 1, row_id, 'org_a', ?1, ?1, ?1 FROM endpoints WHERE org_id = 'org_a'",
+                 SELECT 1, row_id, 'org_a', ?1, ?1, ?1 FROM keyhook_endpoints WHERE org_id = 'org_a'",
                 [now - 1],
             )?;
             Ok(())
