@@ -43,11 +43,75 @@ const MAX_HEADERS: usize = 20;
 
 /// A registered event type, e.g. `conversion.created`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EventType {
     /// Dot-separated segments of `[A-Za-z0-9_]`.
     pub name: String,
     /// What it means, for the settings page.
     pub description: String,
+    /// An example of its `data`, sent by
+    /// [`Dispatcher::send_test_event`](crate::Dispatcher::send_test_event)
+    /// when the caller gives none, and shown to developers.
+    pub example: Option<serde_json::Value>,
+    /// Deprecated: still works; a settings page may warn new subscribers.
+    pub deprecated: bool,
+    /// Archived: refuses new subscriptions and emits; its history stays.
+    pub archived: bool,
+}
+
+/// A change to an event type ([`WebhookRegistry::update_event_type`]):
+/// only the fields given change.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventTypeUpdate {
+    /// A new description.
+    pub description: Option<String>,
+    /// A new example payload (`Some(None)` removes it); at most 64 KiB of JSON.
+    pub example: Option<Option<serde_json::Value>>,
+    /// Deprecate it, or take the deprecation back.
+    pub deprecated: Option<bool>,
+    /// Archive it (no new subscriptions or emits), or restore it.
+    pub archived: Option<bool>,
+}
+
+/// The largest example payload of an event type, serialized.
+const MAX_EXAMPLE_BYTES: usize = 64 * 1024;
+
+const EVENT_TYPE_COLUMNS: &str = "name, description, example, deprecated_at IS NOT NULL,
+     archived_at IS NOT NULL";
+
+fn event_type_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventType> {
+    let example: Option<String> = r.get(2)?;
+    Ok(EventType {
+        name: r.get(0)?,
+        description: r.get(1)?,
+        // Written by update_event_type from a serialized Value.
+        example: example.and_then(|e| serde_json::from_str(&e).ok()),
+        deprecated: r.get(3)?,
+        archived: r.get(4)?,
+    })
+}
+
+/// The event type `name`, or [`Error::UnknownEventType`].
+pub(crate) fn event_type(conn: &rusqlite::Connection, name: &str) -> Result<EventType> {
+    conn.prepare_cached(&format!(
+        "SELECT {EVENT_TYPE_COLUMNS} FROM keyhook_event_types WHERE name = ?1"
+    ))?
+    .query_row([name], event_type_row)
+    .optional()?
+    .ok_or_else(|| Error::UnknownEventType { name: name.into() })
+}
+
+/// The event type `name`, if it takes new emits and subscriptions.
+pub(crate) fn usable_event_type(conn: &rusqlite::Connection, name: &str) -> Result<EventType> {
+    let t = event_type(conn, name)?;
+    if t.archived {
+        return Err(Error::InvalidState {
+            kind: "event type",
+            id: name.into(),
+            state: "archived",
+        });
+    }
+    Ok(t)
 }
 
 /// Options of [`WebhookRegistry::create`]. `Debug` redacts an imported secret.
@@ -242,7 +306,8 @@ impl WebhookRegistry {
         &self.config.policy
     }
 
-    /// Adds an event type to the catalogue, or updates its description.
+    /// Adds an event type to the catalogue, or updates its description
+    /// (its example, deprecation and archiving stay as they were).
     ///
     /// # Errors
     ///
@@ -258,29 +323,78 @@ impl WebhookRegistry {
                  ON CONFLICT (name) DO UPDATE SET description = excluded.description",
                 params![name, description, now_ms()],
             )?;
-            Ok(EventType {
-                name: name.into(),
-                description: description.into(),
-            })
+            event_type(tx, name)
         })
     }
 
-    /// The catalogue, sorted by name.
+    /// Changes an event type: its description, its example payload, its
+    /// deprecation, its archiving. An archived type refuses new
+    /// subscriptions and emits ([`Error::InvalidState`] `"archived"`);
+    /// endpoints already subscribed keep it, and its history stays.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownEventType`]; [`Error::InvalidInput`] (`description`)
+    /// for a bad description, (`example`) for an example over 64 KiB.
+    /// Nothing changes on error.
+    pub fn update_event_type(&self, name: &str, update: EventTypeUpdate) -> Result<EventType> {
+        if let Some(d) = &update.description {
+            validate::description(d)?;
+        }
+        let example = match &update.example {
+            Some(Some(v)) => {
+                let json = serde_json::to_string(v).map_err(Error::Serialize)?;
+                if json.len() > MAX_EXAMPLE_BYTES {
+                    return Err(Error::invalid(
+                        "example",
+                        format!(
+                            "is {} bytes of JSON, over the limit of {MAX_EXAMPLE_BYTES}",
+                            json.len()
+                        ),
+                    ));
+                }
+                Some(Some(json))
+            }
+            Some(None) => Some(None),
+            None => None,
+        };
+        let now = now_ms();
+        self.db.write(|tx| {
+            event_type(tx, name)?;
+            tx.execute(
+                "UPDATE keyhook_event_types SET
+                     description = COALESCE(?2, description),
+                     example = CASE WHEN ?3 THEN ?4 ELSE example END,
+                     deprecated_at = CASE ?5 WHEN 1 THEN COALESCE(deprecated_at, ?7)
+                                             WHEN 0 THEN NULL ELSE deprecated_at END,
+                     archived_at = CASE ?6 WHEN 1 THEN COALESCE(archived_at, ?7)
+                                           WHEN 0 THEN NULL ELSE archived_at END
+                 WHERE name = ?1",
+                params![
+                    name,
+                    update.description,
+                    example.is_some(),
+                    example.flatten(),
+                    update.deprecated,
+                    update.archived,
+                    now
+                ],
+            )?;
+            event_type(tx, name)
+        })
+    }
+
+    /// The catalogue, sorted by name, archived types included.
     ///
     /// # Errors
     ///
     /// [`Error::Database`].
     pub fn event_types(&self) -> Result<Vec<EventType>> {
         self.db.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT name, description FROM keyhook_event_types ORDER BY name",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok(EventType {
-                    name: r.get(0)?,
-                    description: r.get(1)?,
-                })
-            })?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {EVENT_TYPE_COLUMNS} FROM keyhook_event_types ORDER BY name"
+            ))?;
+            let rows = stmt.query_map([], event_type_row)?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
     }
@@ -318,7 +432,7 @@ impl WebhookRegistry {
         let now = now_ms();
         let id = new_id("ep_", now)?;
         self.db.write(|tx| {
-            require_known_types(tx, &types)?;
+            require_known_types(tx, &types, &[])?;
             let count: u32 = tx.query_row(
                 "SELECT COUNT(*) FROM keyhook_endpoints WHERE org_id = ?1",
                 [org],
@@ -411,7 +525,7 @@ impl WebhookRegistry {
                 Some(t) => check_subscription(t.iter().map(String::as_str), all)?,
                 None => check_subscription(current.event_types.iter().map(String::as_str), all)?,
             };
-            require_known_types(tx, &types)?;
+            require_known_types(tx, &types, &current.event_types)?;
             tx.execute(
                 "UPDATE keyhook_endpoints SET url = ?2, description = ?3, all_event_types = ?4,
                      headers = ?5, enabled = ?6, updated_at = ?7,
@@ -437,6 +551,14 @@ impl WebhookRegistry {
     /// Enables an endpoint (after keyhook or its owner disabled it) and says
     /// since when it missed deliveries, to offer a recovery. Its failure
     /// period starts afresh.
+    ///
+    /// What happens to events emitted meanwhile: while disabled, an endpoint
+    /// gets no deliveries of new events (they are not queued for it), and
+    /// enabling it does not queue them either. Its pending deliveries from
+    /// before it was disabled resume. To deliver what it missed, call
+    /// [`Dispatcher::replay_missing`](crate::Dispatcher::replay_missing)
+    /// with `missed_since` (deliveries that failed meanwhile:
+    /// [`Dispatcher::recover`](crate::Dispatcher::recover)).
     ///
     /// # Errors
     ///
@@ -605,11 +727,14 @@ fn check_subscription<'a>(types: impl Iterator<Item = &'a str>, all: bool) -> Re
     Ok(out)
 }
 
-fn require_known_types(tx: &Transaction<'_>, types: &[String]) -> Result<()> {
-    let mut stmt = tx.prepare_cached("SELECT 1 FROM keyhook_event_types WHERE name = ?1")?;
+/// Every type must be in the catalogue, and not archived unless the
+/// endpoint already had it (`kept`).
+fn require_known_types(tx: &Transaction<'_>, types: &[String], kept: &[String]) -> Result<()> {
     for t in types {
-        if !stmt.exists([t])? {
-            return Err(Error::UnknownEventType { name: t.clone() });
+        if kept.contains(t) {
+            event_type(tx, t)?;
+        } else {
+            usable_event_type(tx, t)?;
         }
     }
     Ok(())

@@ -66,6 +66,8 @@ pub struct Delivery {
     pub created_at: SystemTime,
     /// When the next attempt is due, while pending.
     pub next_attempt_at: Option<SystemTime>,
+    /// A test event's delivery ([`Dispatcher::send_test_event`](super::Dispatcher::send_test_event)).
+    pub test: bool,
     /// Its attempts, oldest first.
     pub attempts: Vec<Attempt>,
 }
@@ -93,6 +95,9 @@ pub struct Attempt {
 pub struct HistoryQuery {
     /// Only deliveries in this state.
     pub state: Option<DeliveryState>,
+    /// Only deliveries of events of this type. With `state` too, pages are
+    /// read through the type and filtered by state.
+    pub event_type: Option<String>,
     /// Only deliveries created at or after this time.
     pub since: Option<SystemTime>,
     /// Only deliveries created before this time.
@@ -107,6 +112,7 @@ impl Default for HistoryQuery {
     fn default() -> Self {
         HistoryQuery {
             state: None,
+            event_type: None,
             since: None,
             until: None,
             limit: 50,
@@ -134,7 +140,8 @@ pub struct HistoryPage {
 /// and sort the endpoint's whole history for every page.
 fn delivery_select(index: Option<&str>) -> String {
     format!(
-        "SELECT d.row_id, ev.id, ev.event_type, e.id, d.state, d.created_at, d.next_attempt_at
+        "SELECT d.row_id, ev.id, ev.event_type, e.id, d.state, d.created_at, d.next_attempt_at,
+                COALESCE(d.id, 'dlv_' || d.row_id), ev.test
          FROM keyhook_deliveries d {}
          CROSS JOIN keyhook_events ev ON ev.row_id = d.event_row
          CROSS JOIN keyhook_endpoints e ON e.row_id = d.endpoint_row",
@@ -142,31 +149,41 @@ fn delivery_select(index: Option<&str>) -> String {
     )
 }
 
-/// The public id of a delivery row.
-pub(crate) fn delivery_id(row: i64) -> String {
-    format!("dlv_{row}")
-}
-
-/// The row of a public delivery id, or `None` if it is not one.
-pub(crate) fn delivery_row(id: &str) -> Option<i64> {
-    id.strip_prefix("dlv_")?.parse().ok().filter(|r| *r > 0)
+/// The row of a delivery of `org` by its public id.
+pub(crate) fn delivery_row(c: &Connection, org: &str, id: &str) -> Result<i64> {
+    c.prepare_cached("SELECT row_id FROM keyhook_deliveries WHERE id = ?1 AND org_id = ?2")?
+        .query_row([id, org], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| Error::not_found("delivery", id))
 }
 
 fn collect(c: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Vec<Delivery>> {
+    Ok(collect_rows(c, sql, params)?
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect())
+}
+
+/// Deliveries with their rows (the keyset of a page), attempts loaded.
+fn collect_rows(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<(i64, Delivery)>> {
     let mut stmt = c.prepare_cached(sql)?;
     let rows = stmt
         .query_map(params, |r| {
-            let row: i64 = r.get(0)?;
             Ok((
-                row,
+                r.get(0)?,
                 Delivery {
-                    id: delivery_id(row),
+                    id: r.get(7)?,
                     event_id: r.get(1)?,
                     event_type: r.get(2)?,
                     endpoint_id: r.get(3)?,
                     state: DeliveryState::from_code(r.get(4)?),
                     created_at: from_ms(r.get(5)?),
                     next_attempt_at: r.get::<_, Option<i64>>(6)?.map(from_ms),
+                    test: r.get(8)?,
                     attempts: Vec::new(),
                 },
             ))
@@ -175,7 +192,7 @@ fn collect(c: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<V
     rows.into_iter()
         .map(|(row, mut d)| {
             d.attempts = attempts(c, row)?;
-            Ok(d)
+            Ok((row, d))
         })
         .collect()
 }
@@ -208,39 +225,59 @@ pub(crate) fn endpoint_row(c: &Connection, org: &str, endpoint_id: &str) -> Resu
         .ok_or_else(|| Error::not_found("endpoint", endpoint_id))
 }
 
-pub(crate) fn endpoint_history(
-    db: &Database,
-    org: &str,
-    endpoint_id: &str,
-    query: &HistoryQuery,
-) -> Result<HistoryPage> {
-    if query.limit == 0 || query.limit > MAX_PAGE_SIZE {
+/// Checks a page size and a time range; returns the range in ms.
+fn check_page(
+    limit: usize,
+    since: Option<SystemTime>,
+    until: Option<SystemTime>,
+) -> Result<(i64, i64)> {
+    if limit == 0 || limit > MAX_PAGE_SIZE {
         return Err(Error::invalid(
             "limit",
             format!("must be 1 to {MAX_PAGE_SIZE}"),
         ));
     }
-    let since = query.since.map(to_ms).unwrap_or(i64::MIN);
-    let until = query.until.map(to_ms).unwrap_or(i64::MAX);
-    if since >= until {
+    let from = since.map(to_ms).unwrap_or(i64::MIN);
+    let to = until.map(to_ms).unwrap_or(i64::MAX);
+    if from >= to {
         return Err(Error::invalid("since", "must be before until"));
     }
-    if query.since.is_some()
-        && query.until.is_some()
-        && until - since > MAX_HISTORY_RANGE.as_millis() as i64
-    {
+    if since.is_some() && until.is_some() && to - from > MAX_HISTORY_RANGE.as_millis() as i64 {
         return Err(Error::invalid(
             "until",
             "the range may span at most 90 days",
         ));
     }
+    Ok((from, to))
+}
+
+/// A page of deliveries of one endpoint (`endpoint_id`) or of the whole
+/// organization (`None`), newest first. Each filter combination reads one
+/// index in keyset order, so a page costs its own rows however deep.
+pub(crate) fn history(
+    db: &Database,
+    org: &str,
+    endpoint_id: Option<&str>,
+    query: &HistoryQuery,
+) -> Result<HistoryPage> {
+    let (since, until) = check_page(query.limit, query.since, query.until)?;
+    if let Some(t) = &query.event_type
+        && (t.is_empty() || t.len() > 100)
+    {
+        return Err(Error::invalid("event_type", "must be 1 to 100 bytes"));
+    }
     db.read(|c| {
-        let row = endpoint_row(c, org, endpoint_id)?;
+        let scope_value: rusqlite::types::Value = match endpoint_id {
+            Some(id) => endpoint_row(c, org, id)?.into(),
+            None => org.to_owned().into(),
+        };
         let key = cursor_key(c)?;
         let scope = CursorScope {
+            kind: if endpoint_id.is_some() { 1 } else { 2 },
             org,
-            endpoint_id,
+            endpoint_id: endpoint_id.unwrap_or(""),
             state: query.state,
+            event_type: query.event_type.as_deref(),
             since,
             until,
         };
@@ -249,43 +286,50 @@ pub(crate) fn endpoint_history(
             Some(cursor) => decode_cursor(&key, &scope, cursor)?,
             None => (until, i64::MIN),
         };
-        let limit = query.limit as i64 + 1;
-        let mut page = match query.state {
-            Some(state) => collect(
-                c,
-                &format!(
-                    "{} WHERE d.endpoint_row = ?1 AND d.state = ?2
-                       AND d.created_at >= ?3 AND (d.created_at, d.row_id) < (?4, ?5)
-                     ORDER BY d.created_at DESC, d.row_id DESC LIMIT ?6",
-                    delivery_select(Some("keyhook_deliveries_by_endpoint_state"))
-                ),
-                params![row, state.code(), since, before_at, before_row, limit],
-            )?,
-            None => collect(
-                c,
-                &format!(
-                    "{} WHERE d.endpoint_row = ?1
-                       AND d.created_at >= ?2 AND (d.created_at, d.row_id) < (?3, ?4)
-                     ORDER BY d.created_at DESC, d.row_id DESC LIMIT ?5",
-                    delivery_select(Some("keyhook_deliveries_by_endpoint"))
-                ),
-                params![row, since, before_at, before_row, limit],
-            )?,
+        let (scope_sql, index) = match endpoint_id {
+            Some(_) => ("d.endpoint_row = :scope", "keyhook_deliveries_by_endpoint"),
+            None => ("d.org_id = :scope", "keyhook_deliveries_by_org"),
         };
+        let (index, filters) = match (&query.event_type, query.state) {
+            (Some(_), Some(_)) => (
+                format!("{index}_type"),
+                "AND d.event_type = :type AND d.state = :state",
+            ),
+            (Some(_), None) => (format!("{index}_type"), "AND d.event_type = :type"),
+            (None, Some(_)) => (format!("{index}_state"), "AND d.state = :state"),
+            (None, None) => (index.to_owned(), ""),
+        };
+        let sql = format!(
+            "{} WHERE {scope_sql} {filters}
+               AND d.created_at >= :since AND (d.created_at, d.row_id) < (:before_at, :before_row)
+             ORDER BY d.created_at DESC, d.row_id DESC LIMIT :limit",
+            delivery_select(Some(&index))
+        );
+        let limit = query.limit as i64 + 1;
+        let state = query.state.map(DeliveryState::code);
+        let mut params: Vec<(&str, &dyn rusqlite::ToSql)> = vec![
+            (":scope", &scope_value),
+            (":since", &since),
+            (":before_at", &before_at),
+            (":before_row", &before_row),
+            (":limit", &limit),
+        ];
+        if let Some(t) = &query.event_type {
+            params.push((":type", t));
+        }
+        if let Some(s) = &state {
+            params.push((":state", s));
+        }
+        let mut page = collect_rows(c, &sql, params.as_slice())?;
         let next_cursor = if page.len() > query.limit {
             page.truncate(query.limit);
-            let last = page.last().expect("limit is at least 1");
-            Some(encode_cursor(
-                &key,
-                &scope,
-                to_ms(last.created_at),
-                delivery_row(&last.id).expect("ids are made by delivery_id"),
-            ))
+            let (row, last) = page.last().expect("limit is at least 1");
+            Some(encode_cursor(&key, &scope, to_ms(last.created_at), *row))
         } else {
             None
         };
         Ok(HistoryPage {
-            deliveries: page,
+            deliveries: page.into_iter().map(|(_, d)| d).collect(),
             next_cursor,
         })
     })
@@ -311,7 +355,7 @@ pub(crate) fn event_deliveries(db: &Database, org: &str, event_id: &str) -> Resu
 
 /// One delivery of the organization.
 pub(crate) fn delivery(c: &Connection, org: &str, id: &str) -> Result<Delivery> {
-    let row = delivery_row(id).ok_or_else(|| Error::not_found("delivery", id))?;
+    let row = delivery_row(c, org, id)?;
     collect(
         c,
         &format!(
@@ -324,11 +368,193 @@ pub(crate) fn delivery(c: &Connection, org: &str, id: &str) -> Result<Delivery> 
     .ok_or_else(|| Error::not_found("delivery", id))
 }
 
-/// What a cursor is valid for: the same organization, endpoint and filters.
+/// Which events an event-log page shows ([`Dispatcher::events`](super::Dispatcher::events)).
+/// The default: every type, all time, 50 per page, first page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventQuery {
+    /// Only events of this type.
+    pub event_type: Option<String>,
+    /// Only events emitted at or after this time.
+    pub since: Option<SystemTime>,
+    /// Only events emitted before this time.
+    pub until: Option<SystemTime>,
+    /// Events per page, 1 to [`MAX_PAGE_SIZE`]. Default: 50.
+    pub limit: usize,
+    /// The `next_cursor` of the previous page, to continue from it.
+    pub cursor: Option<String>,
+}
+
+impl Default for EventQuery {
+    fn default() -> Self {
+        EventQuery {
+            event_type: None,
+            since: None,
+            until: None,
+            limit: 50,
+            cursor: None,
+        }
+    }
+}
+
+/// One event in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventSummary {
+    /// The event id (the `webhook-id` receivers see).
+    pub id: String,
+    /// Its type.
+    pub event_type: String,
+    /// When it was emitted.
+    pub created_at: SystemTime,
+    /// A test event ([`Dispatcher::send_test_event`](super::Dispatcher::send_test_event)).
+    pub test: bool,
+}
+
+/// One page of the event log, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventPage {
+    /// The events, newest first.
+    pub events: Vec<EventSummary>,
+    /// Pass this as [`EventQuery::cursor`] (with the same filters) for the
+    /// next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// One event with its payload and its delivery to each endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventDetail {
+    /// The event.
+    pub event: EventSummary,
+    /// The body receivers get, byte for byte: the Standard Webhooks
+    /// envelope `{"type", "timestamp", "data"}`.
+    pub body: Vec<u8>,
+    /// Its deliveries (one per endpoint it went to), each with its attempts.
+    pub deliveries: Vec<Delivery>,
+}
+
+impl EventDetail {
+    /// The event's `data`, parsed from the body.
+    pub fn data(&self) -> Option<serde_json::Value> {
+        let mut envelope: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
+        Some(envelope.get_mut("data")?.take())
+    }
+}
+
+/// A page of the organization's events, newest first, through one index in
+/// keyset order (a page costs its own rows however deep).
+pub(crate) fn events(db: &Database, org: &str, query: &EventQuery) -> Result<EventPage> {
+    let (since, until) = check_page(query.limit, query.since, query.until)?;
+    db.read(|c| {
+        let key = cursor_key(c)?;
+        let scope = CursorScope {
+            kind: 3,
+            org,
+            endpoint_id: "",
+            state: None,
+            event_type: query.event_type.as_deref(),
+            since,
+            until,
+        };
+        let (before_at, before_row) = match &query.cursor {
+            Some(cursor) => decode_cursor(&key, &scope, cursor)?,
+            None => (until, i64::MIN),
+        };
+        let (index, filter) = match query.event_type {
+            Some(_) => ("keyhook_events_by_org_type", "AND event_type = :type"),
+            None => ("keyhook_events_by_org", ""),
+        };
+        let sql = format!(
+            "SELECT row_id, id, event_type, created_at, test
+             FROM keyhook_events INDEXED BY {index}
+             WHERE org_id = :org {filter}
+               AND created_at >= :since AND (created_at, row_id) < (:before_at, :before_row)
+             ORDER BY created_at DESC, row_id DESC LIMIT :limit"
+        );
+        let limit = query.limit as i64 + 1;
+        let mut params: Vec<(&str, &dyn rusqlite::ToSql)> = vec![
+            (":org", &org),
+            (":since", &since),
+            (":before_at", &before_at),
+            (":before_row", &before_row),
+            (":limit", &limit),
+        ];
+        if let Some(t) = &query.event_type {
+            params.push((":type", t));
+        }
+        let mut stmt = c.prepare_cached(&sql)?;
+        let mut page = stmt
+            .query_map(params.as_slice(), |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    EventSummary {
+                        id: r.get(1)?,
+                        event_type: r.get(2)?,
+                        created_at: from_ms(r.get(3)?),
+                        test: r.get(4)?,
+                    },
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let next_cursor = if page.len() > query.limit {
+            page.truncate(query.limit);
+            let (row, last) = page.last().expect("limit is at least 1");
+            Some(encode_cursor(&key, &scope, to_ms(last.created_at), *row))
+        } else {
+            None
+        };
+        Ok(EventPage {
+            events: page.into_iter().map(|(_, e)| e).collect(),
+            next_cursor,
+        })
+    })
+}
+
+/// One event of `org` with its body and deliveries.
+pub(crate) fn event(db: &Database, org: &str, event_id: &str) -> Result<EventDetail> {
+    db.read(|c| {
+        let (row, event, body) = c
+            .prepare_cached(
+                "SELECT row_id, id, event_type, created_at, test, body FROM keyhook_events
+                 WHERE org_id = ?1 AND id = ?2",
+            )?
+            .query_row([org, event_id], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    EventSummary {
+                        id: r.get(1)?,
+                        event_type: r.get(2)?,
+                        created_at: from_ms(r.get(3)?),
+                        test: r.get(4)?,
+                    },
+                    r.get::<_, Vec<u8>>(5)?,
+                ))
+            })
+            .optional()?
+            .ok_or_else(|| Error::not_found("event", event_id))?;
+        let deliveries = collect(
+            c,
+            &format!(
+                "{} WHERE d.event_row = ?1 ORDER BY d.row_id",
+                delivery_select(None)
+            ),
+            params![row],
+        )?;
+        Ok(EventDetail {
+            event,
+            body,
+            deliveries,
+        })
+    })
+}
+
+/// What a cursor is valid for: the same kind of list, organization,
+/// endpoint and filters.
 struct CursorScope<'a> {
+    /// 1: an endpoint's history; 2: an organization's; 3: its events.
+    kind: u8,
     org: &'a str,
     endpoint_id: &'a str,
     state: Option<DeliveryState>,
+    event_type: Option<&'a str>,
     since: i64,
     until: i64,
 }
@@ -344,14 +570,18 @@ fn cursor_key(c: &Connection) -> Result<Vec<u8>> {
 
 fn cursor_tag(key: &[u8], scope: &CursorScope<'_>, at: i64, row: i64) -> [u8; CURSOR_TAG_LEN] {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(&[scope.kind]);
     for part in [
         scope.org.as_bytes(),
         b"\0",
         scope.endpoint_id.as_bytes(),
         b"\0",
+        scope.event_type.unwrap_or("").as_bytes(),
+        b"\0",
     ] {
         mac.update(part);
     }
+    mac.update(&[u8::from(scope.event_type.is_some())]);
     mac.update(&scope.state.map_or(-1, DeliveryState::code).to_be_bytes());
     for n in [scope.since, scope.until, at, row] {
         mac.update(&n.to_be_bytes());
@@ -457,9 +687,11 @@ mod tests {
 
     fn scope(org: &str) -> CursorScope<'_> {
         CursorScope {
+            kind: 1,
             org,
             endpoint_id: "ep_1",
             state: None,
+            event_type: None,
             since: i64::MIN,
             until: i64::MAX,
         }
@@ -490,10 +722,20 @@ mod tests {
     }
 
     #[test]
-    fn delivery_ids() {
-        assert_eq!(delivery_row(&delivery_id(17)), Some(17));
-        for bad in ["", "dlv_", "dlv_x", "dlv_-1", "dlv_0", "17"] {
-            assert_eq!(delivery_row(bad), None, "{bad}");
+    fn cursors_of_other_lists_and_types_are_refused() {
+        let key = [7u8; 32];
+        let c = encode_cursor(&key, &scope("org"), 5, 6);
+        for other in [
+            CursorScope {
+                kind: 2,
+                ..scope("org")
+            },
+            CursorScope {
+                event_type: Some("a.b"),
+                ..scope("org")
+            },
+        ] {
+            assert!(decode_cursor(&key, &other, &c).is_err());
         }
     }
 }

@@ -19,8 +19,8 @@ use crate::registry::WebhookRegistry;
 use crate::validate;
 
 pub use history::{
-    Attempt, Delivery, DeliveryState, EndpointStats, HistoryPage, HistoryQuery, MAX_HISTORY_RANGE,
-    MAX_PAGE_SIZE,
+    Attempt, Delivery, DeliveryState, EndpointStats, EventDetail, EventPage, EventQuery,
+    EventSummary, HistoryPage, HistoryQuery, MAX_HISTORY_RANGE, MAX_PAGE_SIZE,
 };
 pub use http::AttemptError;
 pub use queue::PurgeReport;
@@ -76,8 +76,23 @@ impl AttemptReport<'_> {
 
 use hooks::{Hooks, NoticeHook, Observer};
 
-/// How far back [`Dispatcher::recover`] reaches.
+/// How far back [`Dispatcher::recover`] and [`Dispatcher::replay_missing`] reach.
 pub const MAX_RECOVERY_WINDOW: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// The most events one [`Dispatcher::replay_missing`] call queues.
+pub const MAX_REPLAY: usize = 10_000;
+
+/// `since` in ms, if it is neither in the future nor beyond the window.
+fn check_recovery_window(since: SystemTime) -> Result<i64> {
+    let now = SystemTime::now();
+    if since > now {
+        return Err(Error::invalid("since", "must not be in the future"));
+    }
+    if now.duration_since(since).unwrap_or_default() > MAX_RECOVERY_WINDOW {
+        return Err(Error::invalid("since", "may be at most 14 days back"));
+    }
+    Ok(crate::db::to_ms(since))
+}
 
 /// An operational notice for the host ([`DispatcherBuilder::on_notice`]):
 /// things an operator or the endpoint's owner should hear about.
@@ -663,7 +678,128 @@ impl Dispatcher {
         endpoint_id: &str,
         query: &HistoryQuery,
     ) -> Result<HistoryPage> {
-        history::endpoint_history(&self.shared.db, org, endpoint_id, query)
+        history::history(&self.shared.db, org, Some(endpoint_id), query)
+    }
+
+    /// A page of the organization's delivery log across all its endpoints,
+    /// newest first, with the same filters and paging as
+    /// [`history`](Self::history).
+    ///
+    /// # Errors
+    ///
+    /// As [`history`](Self::history), without [`Error::NotFound`].
+    pub fn org_history(&self, org: &str, query: &HistoryQuery) -> Result<HistoryPage> {
+        validate::org(org)?;
+        history::history(&self.shared.db, org, None, query)
+    }
+
+    /// A page of the organization's event log: the events it emitted (test
+    /// events included, marked), newest first, filtered by type and time.
+    /// Follow `next_cursor` for older pages; a page costs its own rows
+    /// however deep.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a cursor that was altered or belongs to
+    /// other filters (`cursor`), a reversed range (`since`), a range over
+    /// [`MAX_HISTORY_RANGE`] (`until`), or a bad page size (`limit`).
+    pub fn events(&self, org: &str, query: &EventQuery) -> Result<EventPage> {
+        validate::org(org)?;
+        history::events(&self.shared.db, org, query)
+    }
+
+    /// One event with its body (the payload receivers get) and its delivery
+    /// to each endpoint, each with its attempts.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] if the organization has no such event.
+    pub fn event(&self, org: &str, event_id: &str) -> Result<EventDetail> {
+        history::event(&self.shared.db, org, event_id)
+    }
+
+    /// Sends a test event to one endpoint only (a settings page's "Send test
+    /// event" button): stored, signed and delivered like any other event,
+    /// with its own `webhook-id`, shown in that endpoint's history and in
+    /// the event log marked as a test, and never delivered to any other
+    /// endpoint. `data` is the event's `data`; without it, the type's
+    /// example payload ([`EventTypeUpdate::example`](crate::EventTypeUpdate))
+    /// is sent, or `{}` if the type has none. Returns the event id.
+    ///
+    /// The endpoint need not subscribe to the type, but must be enabled.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] for an endpoint the organization does not have;
+    /// [`Error::InvalidState`] if it is disabled or the type is archived;
+    /// [`Error::UnknownEventType`]; [`Error::PayloadTooLarge`]. Nothing is
+    /// stored then.
+    pub fn send_test_event(
+        &self,
+        org: &str,
+        endpoint_id: &str,
+        event_type: &str,
+        data: Option<&serde_json::Value>,
+    ) -> Result<String> {
+        validate::org(org)?;
+        let given = data
+            .map(|d| serde_json::to_vec(d).map_err(Error::Serialize))
+            .transpose()?;
+        let limits = self.shared.emit_limits();
+        let id = self.shared.db.write(|tx| {
+            let row = history::endpoint_row(tx, org, endpoint_id)?;
+            let enabled: bool = tx.query_row(
+                "SELECT enabled FROM keyhook_endpoints WHERE row_id = ?1",
+                [row],
+                |r| r.get(0),
+            )?;
+            if !enabled {
+                return Err(Error::InvalidState {
+                    kind: "endpoint",
+                    id: endpoint_id.to_owned(),
+                    state: "disabled",
+                });
+            }
+            let data = match given {
+                Some(d) => d,
+                None => {
+                    let example = crate::registry::event_type(tx, event_type)?.example;
+                    serde_json::to_vec(&example.unwrap_or_else(|| serde_json::json!({})))
+                        .map_err(Error::Serialize)?
+                }
+            };
+            queue::insert_test_event(tx, org, row, event_type, &data, &limits)
+        })?;
+        self.wake();
+        Ok(id)
+    }
+
+    /// Delivers to an endpoint what it missed: every event of its
+    /// organization since `since` (at most [`MAX_RECOVERY_WINDOW`] back)
+    /// that the endpoint is subscribed to now and never got a delivery of:
+    /// events emitted while it was disabled, or before it subscribed to
+    /// their type. Svix calls this "replay missing". At most
+    /// [`MAX_REPLAY`] are queued per call, oldest first (call again for
+    /// more); test events are not replayed. Returns how many were queued.
+    ///
+    /// Use it after [`WebhookRegistry::enable`], with the `missed_since` it
+    /// returns. Failed deliveries are [`recover`](Self::recover)'s job.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] (`since`) if `since` is in the future or more
+    /// than 14 days back; [`Error::NotFound`].
+    pub fn replay_missing(&self, org: &str, endpoint_id: &str, since: SystemTime) -> Result<usize> {
+        let since = check_recovery_window(since)?;
+        let row = self
+            .shared
+            .db
+            .read(|c| history::endpoint_row(c, org, endpoint_id))?;
+        let n = queue::replay_missing(&self.shared.db, org, row, since, MAX_REPLAY)?;
+        if n > 0 {
+            self.wake();
+        }
+        Ok(n)
     }
 
     /// The newest `limit` deliveries of an endpoint (at most
@@ -709,13 +845,11 @@ impl Dispatcher {
     ///
     /// [`Error::NotFound`] if the organization has no such delivery.
     pub fn redeliver(&self, org: &str, delivery_id: &str) -> Result<Attempt> {
-        let row = history::delivery_row(delivery_id)
-            .ok_or_else(|| Error::not_found("delivery", delivery_id))?;
-        let claimed = self
-            .shared
-            .db
-            .read(|c| queue::load_manual(c, org, row))?
-            .ok_or_else(|| Error::not_found("delivery", delivery_id))?;
+        let (row, claimed) = self.shared.db.read(|c| {
+            let row = history::delivery_row(c, org, delivery_id)?;
+            Ok((row, queue::load_manual(c, org, row)?))
+        })?;
+        let claimed = claimed.ok_or_else(|| Error::not_found("delivery", delivery_id))?;
         // What was read may be committed but not yet on disk.
         self.shared.db.sync_now()?;
         let response = worker::deliver(&self.shared, &claimed);
@@ -753,18 +887,12 @@ impl Dispatcher {
     /// [`Error::InvalidInput`] (`since`) if `since` is in the future or more
     /// than 14 days back; [`Error::NotFound`].
     pub fn recover(&self, org: &str, endpoint_id: &str, since: SystemTime) -> Result<usize> {
-        let now = SystemTime::now();
-        if since > now {
-            return Err(Error::invalid("since", "must not be in the future"));
-        }
-        if now.duration_since(since).unwrap_or_default() > MAX_RECOVERY_WINDOW {
-            return Err(Error::invalid("since", "may be at most 14 days back"));
-        }
+        let since = check_recovery_window(since)?;
         let row = self
             .shared
             .db
             .read(|c| history::endpoint_row(c, org, endpoint_id))?;
-        let n = queue::recover(&self.shared.db, row, crate::db::to_ms(since))?;
+        let n = queue::recover(&self.shared.db, row, since)?;
         if n > 0 {
             self.wake();
         }

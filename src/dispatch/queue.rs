@@ -105,22 +105,7 @@ pub(crate) fn insert_events(
     let now = now_ms();
     let mut out = Vec::with_capacity(events.len());
     for event in events {
-        let at = crate::db::from_ms(now);
-        let body = envelope(&event.event_type, at, &event.data)?;
-        if body.len() > limits.max_body {
-            return Err(Error::PayloadTooLarge {
-                size: body.len(),
-                limit: limits.max_body,
-            });
-        }
-        if !tx
-            .prepare_cached("SELECT 1 FROM keyhook_event_types WHERE name = ?1")?
-            .exists([&event.event_type])?
-        {
-            return Err(Error::UnknownEventType {
-                name: event.event_type.clone(),
-            });
-        }
+        let body = checked_body(tx, &event.event_type, &event.data, now, limits)?;
         if let Some(key) = &event.idempotency_key
             && let Some(id) = tx
                 .prepare_cached(
@@ -132,33 +117,30 @@ pub(crate) fn insert_events(
             out.push(Emitted { id, deliveries: 0 });
             continue;
         }
-        let id = new_id("msg_", now)?;
-        tx.prepare_cached(
-            "INSERT INTO keyhook_events (id, org_id, event_type, body, idempotency_key, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![
-            id,
+        let (id, event_row) = insert_event_row(
+            tx,
             org,
-            event.event_type,
-            body,
-            event.idempotency_key,
-            now
-        ])?;
-        let event_row = tx.last_insert_rowid();
+            &event.event_type,
+            &body,
+            event.idempotency_key.as_deref(),
+            false,
+            now,
+        )?;
         let deliveries = tx
-            .prepare_cached(
-                "INSERT INTO keyhook_deliveries (event_row, endpoint_row, org_id, state, next_attempt_at,
-                     created_at, updated_at)
-                 SELECT ?1, e.row_id, e.org_id, 0, ?2, ?3, ?3 FROM keyhook_endpoints e
+            .prepare_cached(concat!(
+                "INSERT INTO keyhook_deliveries (id, event_row, endpoint_row, org_id, event_type,
+                     state, next_attempt_at, created_at, updated_at)
+                 SELECT ",
+                new_delivery_id!(),
+                ", ?1, e.row_id, e.org_id, ?5, 0, ?2, ?3, ?3 FROM keyhook_endpoints e
                  WHERE e.org_id = ?4 AND e.enabled = 1
                    AND (e.all_event_types = 1 OR EXISTS (
                         SELECT 1 FROM keyhook_endpoint_event_types t
-                        WHERE t.endpoint_row = e.row_id AND t.event_type = ?5))",
-            )?
+                        WHERE t.endpoint_row = e.row_id AND t.event_type = ?5))"
+            ))?
             .execute(params![
                 event_row,
-                now + limits.first_delay_ms,
+                now.saturating_add(limits.first_delay_ms),
                 now,
                 org,
                 event.event_type
@@ -166,6 +148,126 @@ pub(crate) fn insert_events(
         out.push(Emitted { id, deliveries });
     }
     Ok(out)
+}
+
+/// A random public delivery id, made by SQLite as rows are inserted:
+/// `dlv_` and 24 hex digits. Ids reveal nothing of volume or order.
+macro_rules! new_delivery_id {
+    () => {
+        "'dlv_' || lower(hex(randomblob(12)))"
+    };
+}
+use new_delivery_id;
+
+/// The serialized envelope of an event of `event_type`, if the type takes
+/// emits and the body is within the limit.
+fn checked_body(
+    tx: &Transaction<'_>,
+    event_type: &str,
+    data: &[u8],
+    now: i64,
+    limits: &EmitLimits,
+) -> Result<Vec<u8>> {
+    let body = envelope(event_type, crate::db::from_ms(now), data)?;
+    if body.len() > limits.max_body {
+        return Err(Error::PayloadTooLarge {
+            size: body.len(),
+            limit: limits.max_body,
+        });
+    }
+    let archived: Option<bool> = tx
+        .prepare_cached("SELECT archived_at IS NOT NULL FROM keyhook_event_types WHERE name = ?1")?
+        .query_row([event_type], |r| r.get(0))
+        .optional()?;
+    match archived {
+        None => Err(Error::UnknownEventType {
+            name: event_type.to_owned(),
+        }),
+        Some(true) => Err(Error::InvalidState {
+            kind: "event type",
+            id: event_type.to_owned(),
+            state: "archived",
+        }),
+        Some(false) => Ok(body),
+    }
+}
+
+fn insert_event_row(
+    tx: &Transaction<'_>,
+    org: &str,
+    event_type: &str,
+    body: &[u8],
+    idempotency_key: Option<&str>,
+    test: bool,
+    now: i64,
+) -> Result<(String, i64)> {
+    let id = new_id("msg_", now)?;
+    tx.prepare_cached(
+        "INSERT INTO keyhook_events (id, org_id, event_type, body, idempotency_key, created_at, test)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![id, org, event_type, body, idempotency_key, now, test])?;
+    Ok((id, tx.last_insert_rowid()))
+}
+
+/// Stores a test event for one endpoint only, marked as a test, with its
+/// one delivery due now. Returns the event id.
+pub(crate) fn insert_test_event(
+    tx: &Transaction<'_>,
+    org: &str,
+    endpoint_row: i64,
+    event_type: &str,
+    data: &[u8],
+    limits: &EmitLimits,
+) -> Result<String> {
+    let now = now_ms();
+    let body = checked_body(tx, event_type, data, now, limits)?;
+    let (id, event_row) = insert_event_row(tx, org, event_type, &body, None, true, now)?;
+    tx.prepare_cached(concat!(
+        "INSERT INTO keyhook_deliveries (id, event_row, endpoint_row, org_id, event_type, state,
+             next_attempt_at, created_at, updated_at)
+         VALUES (",
+        new_delivery_id!(),
+        ", ?1, ?2, ?3, ?4, 0, ?5, ?5, ?5)"
+    ))?
+    .execute(params![event_row, endpoint_row, org, event_type, now])?;
+    Ok(id)
+}
+
+/// Queues for an endpoint every event of its organization since `since`
+/// that it is subscribed to now and never got (emitted while it was
+/// disabled, or before it subscribed), oldest first, at most `max`; test
+/// events excepted. Returns how many.
+pub(crate) fn replay_missing(
+    db: &Database,
+    org: &str,
+    endpoint_row: i64,
+    since: i64,
+    max: usize,
+) -> Result<usize> {
+    let now = now_ms();
+    db.write(|tx| {
+        Ok(tx
+            .prepare_cached(concat!(
+                "INSERT INTO keyhook_deliveries (id, event_row, endpoint_row, org_id, event_type,
+                     state, next_attempt_at, created_at, updated_at)
+                 SELECT ",
+                new_delivery_id!(),
+                ", ev.row_id, e.row_id, ev.org_id, ev.event_type, 0, ?4, ?4, ?4
+                 FROM keyhook_endpoints e
+                 CROSS JOIN keyhook_events ev INDEXED BY keyhook_events_by_org
+                 WHERE e.row_id = ?2 AND ev.org_id = ?1 AND ev.created_at >= ?3 AND ev.test = 0
+                   AND (e.all_event_types = 1 OR EXISTS (
+                        SELECT 1 FROM keyhook_endpoint_event_types t
+                        WHERE t.endpoint_row = e.row_id AND t.event_type = ev.event_type))
+                   AND NOT EXISTS (
+                        SELECT 1 FROM keyhook_deliveries d INDEXED BY keyhook_deliveries_by_event
+                        WHERE d.event_row = ev.row_id AND d.endpoint_row = e.row_id)
+                 ORDER BY ev.created_at, ev.row_id
+                 LIMIT ?5"
+            ))?
+            .execute(params![org, endpoint_row, since, now, max as i64])?)
+    })
 }
 
 /// How much [`claim_batch`] may take.
