@@ -1,6 +1,7 @@
 //! The whole product on one screen: an API key created, shown once, verified
 //! and revoked; five event types; a webhook to a local receiver that checks
-//! every signature; two events emitted, delivered and listed in the history.
+//! every signature; two events emitted and a test event sent, delivered and
+//! listed in the delivery history and the event log.
 //!
 //! Run: `cargo run --example quickstart`. Exits with status 0 only if every
 //! step worked.
@@ -10,8 +11,8 @@ use std::time::Duration;
 
 use keyhook::signing::verify_headers;
 use keyhook::{
-    ApiKeyStore, Database, DestinationPolicy, Dispatcher, EndpointOptions, KeySettings,
-    SigningSecret, WebhookRegistry,
+    ApiKeyStore, Database, DestinationPolicy, Dispatcher, EndpointOptions, EventQuery,
+    EventTypeUpdate, KeySettings, SigningSecret, WebhookRegistry,
 };
 
 const ORG: &str = "org_acme";
@@ -78,6 +79,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ] {
         registry.register_event_type(name, what)?;
     }
+    // An example payload, for the settings page's "Send test event" button.
+    registry.update_event_type(
+        "conversion.created",
+        EventTypeUpdate {
+            example: Some(Some(
+                serde_json::json!({"conversion_id": "cv_example", "amount_cents": 1000}),
+            )),
+            ..EventTypeUpdate::default()
+        },
+    )?;
 
     let server = tiny_http::Server::http("127.0.0.1:0").map_err(|e| e.to_string())?;
     let port = server.server_addr().to_ip().ok_or("no ip address")?.port();
@@ -111,10 +122,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &serde_json::json!({"conversion_id": "cv_1001", "status": "approved"}),
     )?;
     println!("\nemitted {created_id} and {updated_id}");
+    // "Send test event": to this endpoint only, with the type's example.
+    let test_id =
+        dispatcher.send_test_event(ORG, &webhook.endpoint.id, "conversion.created", None)?;
+    println!("sent test event {test_id}");
 
     println!("\nThe receiver got:");
     let mut received = Vec::new();
-    while received.len() < 2 {
+    while received.len() < 3 {
         match seen_rx.recv_timeout(Duration::from_secs(10)) {
             Ok(seen) => {
                 println!(
@@ -132,12 +147,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 received.push(seen.webhook_id);
             }
             Err(_) => {
-                failures.push("the receiver did not get both events within 10 s".into());
+                failures.push("the receiver did not get all three events within 10 s".into());
                 break;
             }
         }
     }
-    for id in [&created_id, &updated_id] {
+    for id in [&created_id, &updated_id, &test_id] {
         if !received.contains(id) {
             failures.push(format!("event {id} never arrived"));
         }
@@ -149,9 +164,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for d in dispatcher.deliveries(ORG, &webhook.endpoint.id, 10)? {
         let last = d.attempts.last();
         println!(
-            "  {} {:<20} {:?} after {} attempt(s), last status {}",
+            "  {} {:<20} {:<5} {:?} after {} attempt(s), last status {}",
             d.event_id,
             d.event_type,
+            if d.test { "test" } else { "" },
             d.state,
             d.attempts.len(),
             last.and_then(|a| a.status_code)
@@ -161,6 +177,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             failures.push(format!("delivery of {} is {:?}", d.event_id, d.state));
         }
     }
+
+    println!("\nEvent log of {ORG}, newest first:");
+    let log = dispatcher.events(ORG, &EventQuery::default())?;
+    for e in &log.events {
+        println!(
+            "  {} {:<20} {}",
+            e.id,
+            e.event_type,
+            if e.test { "test" } else { "" }
+        );
+    }
+    if log.events.len() != 3 || !log.events.iter().any(|e| e.test && e.id == test_id) {
+        failures.push(format!("the event log shows {:?}", log.events));
+    }
+    let detail = dispatcher.event(ORG, &created_id)?;
+    println!(
+        "  {} payload {} delivered to {} endpoint(s)",
+        created_id,
+        detail.data().unwrap_or_default(),
+        detail.deliveries.len()
+    );
 
     // --- Revoke the key: it stops working at once
     keys.revoke(ORG, &created.key.id)?;
@@ -192,7 +229,7 @@ fn receive(
 ) {
     let Ok(secret) = secret.recv() else { return };
     let mut count = 0;
-    while count < 2 {
+    while count < 3 {
         let Ok(Some(mut request)) = server.recv_timeout(Duration::from_secs(15)) else {
             return;
         };
