@@ -8,10 +8,9 @@ mod receiver;
 
 use std::time::Duration;
 
-use common::{temp_db_path, verify_signed, wait_until};
+use common::{loopback_registry, temp_db_path, verify_signed, wait_until};
 use keyhook::{
-    ApiKeyStore, Database, DeliveryState, DestinationPolicy, Dispatcher, EndpointUpdate,
-    KeySettings, SigningSecret, WebhookRegistry,
+    ApiKeyStore, Database, DeliveryState, Dispatcher, EndpointUpdate, KeySettings, SigningSecret,
 };
 use receiver::Receiver;
 use serde_json::json;
@@ -36,16 +35,6 @@ fn user_version(path: &std::path::Path) -> u32 {
         .unwrap()
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap()
-}
-
-fn registry(db: &Database) -> WebhookRegistry {
-    WebhookRegistry::builder(db)
-        .destination_policy(
-            DestinationPolicy::new()
-                .allow_http(true)
-                .allow_loopback(true),
-        )
-        .build()
 }
 
 #[test]
@@ -84,7 +73,7 @@ fn a_file_with_the_host_s_own_tables_and_user_version_works() {
             .create("org_1", "Zapier Integration", KeySettings::default())
             .unwrap();
         assert_eq!(keys.verify(key.secret.expose()).unwrap().org, "org_1");
-        let reg = registry(&db);
+        let reg = loopback_registry(&db);
         reg.register_event_type("conversion.created", "A sale")
             .unwrap();
         let d = Dispatcher::builder(&db, &reg).workers(0).start().unwrap();
@@ -132,7 +121,7 @@ fn a_keyhook_0_1_file_is_upgraded_in_place() {
     let verified = keys.verify(&fact("key")).unwrap();
     assert_eq!(verified.org, "org_1");
     // Its endpoint and signing secret survive.
-    let reg = registry(&db);
+    let reg = loopback_registry(&db);
     let endpoint = reg.get("org_1", &fact("endpoint")).unwrap();
     let secrets = reg.signing_secrets("org_1", &endpoint.id).unwrap();
     let secret = SigningSecret::parse(&fact("secret")).unwrap();

@@ -251,6 +251,28 @@ fn check_page(
     Ok((from, to))
 }
 
+/// A page from `limit + 1` rows (row id, item) read newest first: the
+/// items shown, and the cursor of the next page if the extra row exists.
+fn finish_page<T>(
+    mut rows: Vec<(i64, T)>,
+    limit: usize,
+    key: &[u8],
+    scope: &CursorScope<'_>,
+    created_at: impl Fn(&T) -> SystemTime,
+) -> (Vec<T>, Option<String>) {
+    let next_cursor = if rows.len() > limit {
+        rows.truncate(limit);
+        let (row, last) = rows.last().expect("limit is at least 1");
+        Some(encode_cursor(key, scope, to_ms(created_at(last)), *row))
+    } else {
+        None
+    };
+    (
+        rows.into_iter().map(|(_, item)| item).collect(),
+        next_cursor,
+    )
+}
+
 /// A page of deliveries of one endpoint (`endpoint_id`) or of the whole
 /// organization (`None`), newest first. Each filter combination reads one
 /// index in keyset order, so a page costs its own rows however deep.
@@ -320,16 +342,11 @@ pub(crate) fn history(
         if let Some(s) = &state {
             params.push((":state", s));
         }
-        let mut page = collect_rows(c, &sql, params.as_slice())?;
-        let next_cursor = if page.len() > query.limit {
-            page.truncate(query.limit);
-            let (row, last) = page.last().expect("limit is at least 1");
-            Some(encode_cursor(&key, &scope, to_ms(last.created_at), *row))
-        } else {
-            None
-        };
+        let rows = collect_rows(c, &sql, params.as_slice())?;
+        let (deliveries, next_cursor) =
+            finish_page(rows, query.limit, &key, &scope, |d| d.created_at);
         Ok(HistoryPage {
-            deliveries: page.into_iter().map(|(_, d)| d).collect(),
+            deliveries,
             next_cursor,
         })
     })
@@ -481,7 +498,7 @@ pub(crate) fn events(db: &Database, org: &str, query: &EventQuery) -> Result<Eve
             params.push((":type", t));
         }
         let mut stmt = c.prepare_cached(&sql)?;
-        let mut page = stmt
+        let rows = stmt
             .query_map(params.as_slice(), |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
@@ -494,15 +511,9 @@ pub(crate) fn events(db: &Database, org: &str, query: &EventQuery) -> Result<Eve
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        let next_cursor = if page.len() > query.limit {
-            page.truncate(query.limit);
-            let (row, last) = page.last().expect("limit is at least 1");
-            Some(encode_cursor(&key, &scope, to_ms(last.created_at), *row))
-        } else {
-            None
-        };
+        let (events, next_cursor) = finish_page(rows, query.limit, &key, &scope, |e| e.created_at);
         Ok(EventPage {
-            events: page.into_iter().map(|(_, e)| e).collect(),
+            events,
             next_cursor,
         })
     })
