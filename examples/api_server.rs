@@ -64,6 +64,8 @@ fn run(self_test: bool) -> Result<ExitCode, Box<dyn std::error::Error>> {
         "Internal Dashboard",
         KeySettings {
             scopes: vec![SCOPE.into()],
+            // The host's own data about the key, returned by `verify`.
+            metadata: Some(serde_json::json!({"created_by": "usr_ana"})),
             ..KeySettings::default()
         },
     )?;
@@ -212,10 +214,21 @@ fn handle(
         );
     }
     // Everything below acts for `caller.org` only: the key decides the tenant,
-    // never a parameter of the request.
+    // never a parameter of the request. The key's name and the host's
+    // metadata came with it: no second lookup.
+    let created_by = caller
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get("created_by"))
+        .cloned()
+        .unwrap_or_default();
     Reply::json(
         200,
-        serde_json::json!({"org": caller.org, "data": conversions(&caller.org)}),
+        serde_json::json!({
+            "org": caller.org,
+            "key": {"name": caller.name, "created_by": created_by},
+            "data": conversions(&caller.org),
+        }),
     )
 }
 
@@ -421,7 +434,11 @@ fn self_test_run(
                     }
                     if case.status == 200 {
                         let data = body["data"].as_array().map_or(0, Vec::len);
-                        if body["org"] != ORG || data != 3 {
+                        if body["org"] != ORG
+                            || data != 3
+                            || body["key"]["name"] != "Internal Dashboard"
+                            || body["key"]["created_by"] != "usr_ana"
+                        {
                             failures.push(format!("{}: wrong data: {body}", case.what));
                         }
                     }

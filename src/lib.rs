@@ -156,8 +156,8 @@ pub mod signing;
 mod validate;
 
 pub use api_keys::{
-    ApiKey, ApiKeyStore, ApiKeyStoreBuilder, CreatedKey, KeySecret, KeySettings, KeyState,
-    VerifiedKey,
+    ApiKey, ApiKeyStore, ApiKeyStoreBuilder, CreatedKey, DEFAULT_MAX_ROLL_GRACE, KeyPage, KeyQuery,
+    KeySecret, KeySettings, KeyState, KeyUpdate, MAX_KEY_METADATA_BYTES, VerifiedKey,
 };
 pub use db::{Database, DatabaseBuilder, Durability};
 pub use destination::DestinationPolicy;

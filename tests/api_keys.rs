@@ -8,8 +8,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use keyhook::{ApiKey, ApiKeyStore, CreatedKey, Database, Error, KeySettings, KeyState, Rejection};
+use keyhook::{
+    ApiKey, ApiKeyStore, CreatedKey, DEFAULT_MAX_ROLL_GRACE, Database, Error, KeyPage, KeyQuery,
+    KeySettings, KeyState, KeyUpdate, MAX_KEY_METADATA_BYTES, Rejection,
+};
 use rand::Rng;
+use serde_json::json;
 
 use common::{TempDb, assert_invalid_input, assert_not_found_id, temp_db_path};
 
@@ -189,11 +193,11 @@ fn whole_lifecycle() {
         .update(
             ORG,
             &id,
-            KeySettings {
-                expires_at: Some(expires_at),
-                scopes: vec!["a:read".into(), "b:write".into()],
-                description: None,
-                environment: Some("live".into()),
+            KeyUpdate {
+                expires_at: Some(Some(expires_at)),
+                scopes: Some(vec!["a:read".into(), "b:write".into()]),
+                description: Some(None),
+                ..KeyUpdate::default()
             },
         )
         .unwrap();
@@ -214,7 +218,7 @@ fn whole_lifecycle() {
     assert_eq!(store.list(ORG).unwrap(), std::slice::from_ref(&revoked));
 
     assert_invalid_state(store.rename(ORG, &id, "again"), "revoked");
-    assert_invalid_state(store.update(ORG, &id, KeySettings::default()), "revoked");
+    assert_invalid_state(store.update(ORG, &id, KeyUpdate::default()), "revoked");
     assert_eq!(
         store.get(ORG, &id).unwrap(),
         revoked,
@@ -283,9 +287,9 @@ fn organizations_are_isolated() {
         store.update(
             OTHER_ORG,
             id,
-            KeySettings {
-                scopes: vec!["admin".into()],
-                ..KeySettings::default()
+            KeyUpdate {
+                scopes: Some(vec!["admin".into()]),
+                ..KeyUpdate::default()
             },
         ),
         id,
@@ -615,26 +619,13 @@ fn bad_inputs_are_rejected_and_change_nothing() {
         ),
     ];
     for (field, settings) in bad_settings {
-        assert_invalid_input(store.create(ORG, "fine", settings.clone()), field);
-        assert_invalid_input(store.update(ORG, id, settings), field);
+        assert_invalid_input(store.create(ORG, "fine", settings), field);
     }
-    // A key's environment is fixed when it is created.
-    assert_invalid_input(
-        store.update(
-            ORG,
-            id,
-            KeySettings {
-                environment: Some("test".into()),
-                ..KeySettings::default()
-            },
-        ),
-        "environment",
-    );
 
     for missing in ["vrnotakey123", "", other_key.id.as_str()] {
         assert_not_found(store.get(ORG, missing), missing);
         assert_not_found(store.rename(ORG, missing, "fine"), missing);
-        assert_not_found(store.update(ORG, missing, KeySettings::default()), missing);
+        assert_not_found(store.update(ORG, missing, KeyUpdate::default()), missing);
         assert_not_found(store.revoke(ORG, missing), missing);
         assert_not_found(store.roll(ORG, missing, Duration::ZERO), missing);
     }
@@ -864,8 +855,6 @@ fn rolling_one_key_repeatedly_stays_within_the_live_key_limit() {
     assert!(live <= 3 + 1, "{live} live keys with a limit of 3");
 }
 
-// Known bug: `update` accepts an expired key and a new expiry, bringing the
-// key back to life without checking the live-key limit (`roll` refuses expired keys).
 #[test]
 fn reviving_an_expired_key_respects_the_live_key_limit() {
     let t = TempDb::new();
@@ -873,7 +862,629 @@ fn reviving_an_expired_key_respects_the_live_key_limit() {
     let expired = create_expiring(&store, "soon expired", in_secs(0.3));
     thread::sleep(Duration::from_millis(400));
     create(&store, ORG, "the one live key");
-    let _ = store.update(ORG, &expired.key.id, KeySettings::default());
-    let live = live_keys(&store);
-    assert!(live <= 1, "{live} live keys with a limit of 1");
+    let before = store.get(ORG, &expired.key.id).unwrap();
+    for expires_at in [None, Some(in_secs(3600.0))] {
+        let revive = KeyUpdate {
+            expires_at: Some(expires_at),
+            ..KeyUpdate::default()
+        };
+        assert!(matches!(
+            store.update(ORG, &expired.key.id, revive),
+            Err(Error::LimitReached { limit: 1, .. })
+        ));
+    }
+    assert_eq!(store.get(ORG, &expired.key.id).unwrap(), before);
+    assert_eq!(live_keys(&store), 1);
+    // Edits that leave it expired need no room.
+    let renamed = store
+        .update(
+            ORG,
+            &expired.key.id,
+            KeyUpdate {
+                name: Some("still expired".into()),
+                ..KeyUpdate::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(renamed.state, KeyState::Expired);
+}
+
+// ------------------------------------------------------ issue 11: sharp edges
+
+/// CRC-32/ISO-HDLC, written out independently of the crate's.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// `key`'s id and secret spelled with another prefix and environment, with
+/// a correct checksum: what anyone holding the key can make.
+fn respell(key: &str, prefix: &str, env: &str) -> String {
+    let body = &key[key.len() - 40..];
+    let signed = format!("{prefix}_{env}_{}", &body[..34]);
+    let mut n = u64::from(crc32(signed.as_bytes()));
+    let mut check = [0u8; 6];
+    for slot in check.iter_mut().rev() {
+        *slot = BASE62[(n % 62) as usize];
+        n /= 62;
+    }
+    signed + std::str::from_utf8(&check).unwrap()
+}
+
+#[test]
+fn a_key_respelled_for_another_prefix_or_environment_is_unknown() {
+    let t = TempDb::new();
+    let pk = ApiKeyStore::builder(&t.db).prefix("pk").build().unwrap();
+    pk.set_api_keys_enabled(ORG, true).unwrap();
+    let sk = ApiKeyStore::builder(&t.db).prefix("sk").build().unwrap();
+    let (pk_key, pk_plaintext) = create(&pk, ORG, "publishable");
+    let pk_test = pk
+        .create(
+            ORG,
+            "test key",
+            KeySettings {
+                environment: Some("test".into()),
+                ..KeySettings::default()
+            },
+        )
+        .unwrap();
+
+    let as_sk = respell(&pk_plaintext, "sk", "live");
+    assert_eq!(
+        respell(&as_sk, "pk", "live"),
+        pk_plaintext,
+        "respell is exact"
+    );
+    assert_eq!(rejected(&sk, &as_sk), Rejection::Unknown);
+    let as_live = respell(pk_test.secret.expose(), "pk", "live");
+    assert_eq!(rejected(&pk, &as_live), Rejection::Unknown);
+    assert_eq!(
+        rejected(&sk, &respell(pk_test.secret.expose(), "sk", "live")),
+        Rejection::Unknown
+    );
+
+    // Prefixes with underscores are stored whole.
+    let app = ApiKeyStore::builder(&t.db)
+        .prefix("my_app")
+        .build()
+        .unwrap();
+    let my = ApiKeyStore::builder(&t.db).prefix("my").build().unwrap();
+    let (_, app_plaintext) = create(&app, ORG, "app");
+    assert!(app.verify(&app_plaintext).is_ok());
+    assert_eq!(
+        rejected(&my, &respell(&app_plaintext, "my", "live")),
+        Rejection::Unknown
+    );
+
+    assert_eq!(pk.verify(&pk_plaintext).unwrap().id, pk_key.id);
+    assert_eq!(
+        pk.verify(pk_test.secret.expose()).unwrap().environment,
+        "test"
+    );
+}
+
+#[test]
+fn roll_counts_against_the_live_key_limit() {
+    let t = TempDb::new();
+    let store = limited_store(&t.db, 2);
+    let (first, _) = create(&store, ORG, "k");
+    let second = store
+        .roll(ORG, &first.id, Duration::from_secs(3600))
+        .unwrap();
+    assert_eq!(
+        live_keys(&store),
+        2,
+        "the old key in its grace period is live"
+    );
+
+    let before = store.list(ORG).unwrap();
+    assert!(matches!(
+        store.roll(ORG, &second.key.id, Duration::from_secs(3600)),
+        Err(Error::LimitReached { limit: 2, .. })
+    ));
+    assert_eq!(store.list(ORG).unwrap(), before, "nothing changed");
+
+    // A roll with no grace replaces the key: it works at the limit.
+    let third = store.roll(ORG, &second.key.id, Duration::ZERO).unwrap();
+    assert_eq!(live_keys(&store), 2);
+    assert!(store.verify(third.secret.expose()).is_ok());
+
+    // The issue's case: rolling the newest key again and again.
+    let mut newest = third.key;
+    for _ in 0..8 {
+        match store.roll(ORG, &newest.id, Duration::from_secs(24 * 3600)) {
+            Ok(rolled) => newest = rolled.key,
+            Err(Error::LimitReached { .. }) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(live_keys(&store) <= 2, "{} live keys", live_keys(&store));
+}
+
+#[test]
+fn roll_grace_is_capped() {
+    let t = TempDb::new();
+    let store = enabled_store(&t.db);
+    let (key, plaintext) = create(&store, ORG, "k");
+    let before = store.list(ORG).unwrap();
+    for grace in [
+        DEFAULT_MAX_ROLL_GRACE + Duration::from_millis(1),
+        Duration::from_secs(100 * 365 * 24 * 3600),
+        Duration::MAX,
+    ] {
+        assert_invalid_input(store.roll(ORG, &key.id, grace), "grace");
+        assert_eq!(store.list(ORG).unwrap(), before, "nothing changed");
+    }
+    assert!(store.verify(&plaintext).is_ok());
+    assert_eq!(DEFAULT_MAX_ROLL_GRACE, Duration::from_secs(7 * 24 * 3600));
+
+    let started = SystemTime::now();
+    store.roll(ORG, &key.id, DEFAULT_MAX_ROLL_GRACE).unwrap();
+    let revoke_at = store.get(ORG, &key.id).unwrap().revoked_at.unwrap();
+    assert!(ms(revoke_at) >= ms(started + DEFAULT_MAX_ROLL_GRACE));
+
+    // The cap is the store's to set, up to 365 days.
+    let hour = ApiKeyStore::builder(&t.db)
+        .prefix("vr")
+        .max_roll_grace(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let (short, _) = create(&hour, ORG, "short");
+    assert_invalid_input(
+        hour.roll(ORG, &short.id, Duration::from_secs(3601)),
+        "grace",
+    );
+    hour.roll(ORG, &short.id, Duration::from_secs(3600))
+        .unwrap();
+
+    let year = Duration::from_secs(365 * 24 * 3600);
+    let long = ApiKeyStore::builder(&t.db)
+        .prefix("vr")
+        .max_roll_grace(year)
+        .build()
+        .unwrap();
+    let (long_key, _) = create(&long, ORG, "long");
+    long.roll(ORG, &long_key.id, year).unwrap();
+    for too_long in [year + Duration::from_secs(1), Duration::MAX] {
+        let err = ApiKeyStore::builder(&t.db)
+            .max_roll_grace(too_long)
+            .build()
+            .map(|_| ());
+        assert_invalid_input(err, "max_roll_grace");
+    }
+}
+
+/// A key with every editable field set.
+fn full_key(store: &ApiKeyStore) -> (ApiKey, String) {
+    let created = store
+        .create(
+            ORG,
+            "full",
+            KeySettings {
+                expires_at: Some(in_secs(3600.0)),
+                scopes: vec!["a:read".into(), "b:write".into()],
+                description: Some("the deploy job".into()),
+                environment: Some("test".into()),
+                metadata: Some(json!({"created_by": "user_42", "rate_limit": 100})),
+            },
+        )
+        .unwrap();
+    (created.key, created.secret.expose().to_owned())
+}
+
+#[test]
+fn update_changes_only_the_given_fields() {
+    let t = TempDb::new();
+    let store = enabled_store(&t.db);
+    let (key, plaintext) = full_key(&store);
+    let id = key.id.as_str();
+
+    let same = store.update(ORG, id, KeyUpdate::default()).unwrap();
+    assert_eq!(same, key, "an empty update changes nothing");
+
+    let described = store
+        .update(
+            ORG,
+            id,
+            KeyUpdate {
+                description: Some(Some("now for CI".into())),
+                ..KeyUpdate::default()
+            },
+        )
+        .unwrap();
+    let mut expected = key.clone();
+    expected.description = Some("now for CI".into());
+    assert_eq!(described, expected, "only the description changed");
+
+    let new_expiry = in_secs(7200.0);
+    let changed = store
+        .update(
+            ORG,
+            id,
+            KeyUpdate {
+                name: Some(" renamed ".into()),
+                expires_at: Some(Some(new_expiry)),
+                scopes: Some(vec!["c:read".into()]),
+                ..KeyUpdate::default()
+            },
+        )
+        .unwrap();
+    expected.name = "renamed".into();
+    expected.expires_at = changed.expires_at;
+    expected.scopes = vec!["c:read".into()];
+    assert_eq!(changed, expected);
+    assert_eq!(changed.expires_at.map(ms), Some(ms(new_expiry)));
+    assert_eq!(store.get(ORG, id).unwrap(), expected);
+
+    let cleared = store
+        .update(
+            ORG,
+            id,
+            KeyUpdate {
+                expires_at: Some(None),
+                scopes: Some(vec![]),
+                description: Some(None),
+                metadata: Some(None),
+                ..KeyUpdate::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(cleared.expires_at, None);
+    assert!(cleared.scopes.is_empty());
+    assert_eq!(cleared.description, None);
+    assert_eq!(cleared.metadata, None);
+    assert_eq!(cleared.name, "renamed");
+    assert_eq!(cleared.environment, "test");
+
+    // rename is still there, and is the same as an update of the name.
+    assert_eq!(store.rename(ORG, id, "again").unwrap().name, "again");
+    let verified = store.verify(&plaintext).unwrap();
+    assert_eq!(verified.name, "again");
+    assert!(verified.scopes.is_empty());
+}
+
+#[test]
+fn bad_updates_are_refused_and_change_nothing() {
+    let t = TempDb::new();
+    let store = enabled_store(&t.db);
+    let (key, plaintext) = full_key(&store);
+    let verified_before = store.verify(&plaintext).unwrap();
+    let before = store.get(ORG, &key.id).unwrap();
+
+    // Each bad field comes with a good one, which must not be applied either.
+    let good = || KeyUpdate {
+        description: Some(Some("should not land".into())),
+        ..KeyUpdate::default()
+    };
+    let long_description = "d".repeat(1001);
+    let cases = [
+        (
+            "name",
+            KeyUpdate {
+                name: Some("  ".into()),
+                ..good()
+            },
+        ),
+        (
+            "expires_at",
+            KeyUpdate {
+                expires_at: Some(Some(SystemTime::now() - Duration::from_secs(1))),
+                ..good()
+            },
+        ),
+        (
+            "scopes",
+            KeyUpdate {
+                scopes: Some(vec!["ok".into(), "has space".into()]),
+                ..good()
+            },
+        ),
+        (
+            "description",
+            KeyUpdate {
+                description: Some(Some(long_description)),
+                ..KeyUpdate::default()
+            },
+        ),
+        (
+            "metadata",
+            KeyUpdate {
+                metadata: Some(Some(json!(["not", "an", "object"]))),
+                ..good()
+            },
+        ),
+        (
+            "metadata",
+            KeyUpdate {
+                metadata: Some(Some(json!({ "big": "x".repeat(MAX_KEY_METADATA_BYTES) }))),
+                ..good()
+            },
+        ),
+    ];
+    for (field, update) in cases {
+        assert_invalid_input(store.update(ORG, &key.id, update), field);
+        assert_eq!(store.get(ORG, &key.id).unwrap(), before, "{field}");
+    }
+    assert_eq!(store.verify(&plaintext).unwrap(), verified_before);
+}
+
+#[test]
+fn metadata_and_name_come_back_from_verify_get_list_and_roll() {
+    let (_dir, path) = temp_db_path();
+    let metadata = json!({"created_by": "user_42", "limits": {"per_minute": 600}});
+    let (id, plaintext, rolled_plaintext) = {
+        let db = Database::open(&path).unwrap();
+        let store = enabled_store(&db);
+        let created = store
+            .create(
+                ORG,
+                "Zapier Integration",
+                KeySettings {
+                    metadata: Some(metadata.clone()),
+                    ..KeySettings::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(created.key.metadata.as_ref(), Some(&metadata));
+        let (plain, _) = create(&store, ORG, "no metadata");
+        assert_eq!(plain.metadata, None);
+        let rolled = store
+            .roll(ORG, &created.key.id, Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(
+            rolled.key.metadata.as_ref(),
+            Some(&metadata),
+            "roll keeps it"
+        );
+        assert_eq!(rolled.key.name, "Zapier Integration");
+        (
+            created.key.id,
+            created.secret.expose().to_owned(),
+            rolled.secret.expose().to_owned(),
+        )
+    };
+
+    let db = Database::open(&path).unwrap();
+    let store = store(&db);
+    let verified = store.verify(&plaintext).unwrap();
+    assert_eq!(verified.id, id);
+    assert_eq!(verified.name, "Zapier Integration");
+    assert_eq!(verified.metadata.as_ref(), Some(&metadata));
+    assert_eq!(
+        store.verify(&rolled_plaintext).unwrap().metadata.as_ref(),
+        Some(&metadata)
+    );
+    assert_eq!(
+        store.get(ORG, &id).unwrap().metadata.as_ref(),
+        Some(&metadata)
+    );
+    let listed = store.list(ORG).unwrap();
+    assert_eq!(
+        listed.iter().filter(|k| k.metadata.is_some()).count(),
+        2,
+        "{listed:?}"
+    );
+
+    let replaced = json!({"created_by": "user_7"});
+    store
+        .update(
+            ORG,
+            &id,
+            KeyUpdate {
+                metadata: Some(Some(replaced.clone())),
+                ..KeyUpdate::default()
+            },
+        )
+        .unwrap();
+    let verified = store.verify(&plaintext).unwrap();
+    assert_eq!(verified.metadata, Some(replaced));
+    assert_eq!(verified.name, "Zapier Integration");
+}
+
+#[test]
+fn metadata_must_be_a_small_json_object() {
+    let t = TempDb::new();
+    let store = enabled_store(&t.db);
+    // `{"k":"…"}` is 8 bytes around the string.
+    let at_limit = json!({ "k": "x".repeat(MAX_KEY_METADATA_BYTES - 8) });
+    assert_eq!(at_limit.to_string().len(), MAX_KEY_METADATA_BYTES);
+    let over_limit = json!({ "k": "x".repeat(MAX_KEY_METADATA_BYTES - 7) });
+    let mut deep = json!(1);
+    for _ in 0..200 {
+        deep = json!([deep]);
+    }
+    let deep = json!({ "deep": deep });
+    assert!(deep.to_string().len() < MAX_KEY_METADATA_BYTES);
+
+    for bad in [
+        json!(null),
+        json!("a string"),
+        json!(42),
+        json!([{"k": 1}]),
+        over_limit,
+        deep,
+    ] {
+        let settings = KeySettings {
+            metadata: Some(bad.clone()),
+            ..KeySettings::default()
+        };
+        assert_invalid_input(store.create(ORG, "k", settings), "metadata");
+    }
+    assert!(store.list(ORG).unwrap().is_empty(), "no key was made");
+
+    let created = store
+        .create(
+            ORG,
+            "k",
+            KeySettings {
+                metadata: Some(at_limit.clone()),
+                ..KeySettings::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        store.verify(created.secret.expose()).unwrap().metadata,
+        Some(at_limit)
+    );
+    let empty = store
+        .create(
+            ORG,
+            "empty",
+            KeySettings {
+                metadata: Some(json!({})),
+                ..KeySettings::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(empty.key.metadata, Some(json!({})));
+}
+
+fn page(
+    store: &ApiKeyStore,
+    state: Option<KeyState>,
+    limit: usize,
+    cursor: Option<String>,
+) -> KeyPage {
+    store
+        .list_page(
+            ORG,
+            &KeyQuery {
+                state,
+                limit,
+                cursor,
+            },
+        )
+        .unwrap()
+}
+
+/// Every page of a query, concatenated.
+fn all_pages(store: &ApiKeyStore, state: Option<KeyState>, limit: usize) -> Vec<ApiKey> {
+    let mut keys = Vec::new();
+    let mut cursor = None;
+    loop {
+        let p = page(store, state, limit, cursor);
+        assert!(p.keys.len() <= limit);
+        keys.extend(p.keys);
+        match p.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return keys,
+        }
+    }
+}
+
+#[test]
+fn list_page_filters_and_pages_newest_first() {
+    let t = TempDb::new();
+    let store = enabled_store(&t.db);
+    store.set_api_keys_enabled(OTHER_ORG, true).unwrap();
+    create(&store, OTHER_ORG, "theirs");
+    let soon = in_secs(0.4);
+    for i in 0..3 {
+        create_expiring(&store, &format!("expiring {i}"), soon);
+    }
+    for i in 0..4 {
+        let (key, _) = create(&store, ORG, &format!("revoked {i}"));
+        store.revoke(ORG, &key.id).unwrap();
+    }
+    let (to_roll, _) = create(&store, ORG, "rolled");
+    store
+        .roll(ORG, &to_roll.id, Duration::from_secs(3600))
+        .unwrap();
+    for i in 0..5 {
+        create(&store, ORG, &format!("live {i}"));
+    }
+    sleep_past(soon);
+
+    let everything = store.list(ORG).unwrap();
+    assert_eq!(everything.len(), 14);
+    for limit in [1, 2, 3, 14, 200] {
+        assert_eq!(all_pages(&store, None, limit), everything, "limit {limit}");
+        for state in [KeyState::Active, KeyState::Revoked, KeyState::Expired] {
+            let expected: Vec<_> = everything
+                .iter()
+                .filter(|k| k.state == state)
+                .cloned()
+                .collect();
+            assert_eq!(all_pages(&store, Some(state), limit), expected, "{state:?}");
+        }
+    }
+    let count = |state| all_pages(&store, Some(state), 50).len();
+    assert_eq!(
+        count(KeyState::Active),
+        7,
+        "5 live, the roll's old and new key"
+    );
+    assert_eq!(count(KeyState::Revoked), 4);
+    assert_eq!(count(KeyState::Expired), 3);
+    assert_eq!(KeyQuery::default().limit, 50);
+    assert_eq!(
+        store.list_page(ORG, &KeyQuery::default()).unwrap().keys,
+        everything
+    );
+
+    // Keys created between pages do not shift the next page.
+    let first = page(&store, None, 5, None);
+    create(&store, ORG, "newer");
+    let second = page(&store, None, 5, first.next_cursor.clone());
+    assert_eq!(second.keys, everything[5..10]);
+}
+
+#[test]
+fn list_page_refuses_bad_limits_and_cursors() {
+    let t = TempDb::new();
+    let store = enabled_store(&t.db);
+    store.set_api_keys_enabled(OTHER_ORG, true).unwrap();
+    for i in 0..3 {
+        create(&store, ORG, &format!("k{i}"));
+        create(&store, OTHER_ORG, &format!("k{i}"));
+    }
+    let before = store.list(ORG).unwrap();
+    let cursor = page(&store, None, 1, None).next_cursor.unwrap();
+    let query = |state, limit, cursor: &str| KeyQuery {
+        state,
+        limit,
+        cursor: Some(cursor.to_owned()),
+    };
+
+    for limit in [0, 201, usize::MAX] {
+        let q = KeyQuery {
+            limit,
+            ..KeyQuery::default()
+        };
+        assert_invalid_input(store.list_page(ORG, &q), "limit");
+    }
+    let mut altered = cursor.clone().into_bytes();
+    altered[3] = if altered[3] == b'A' { b'B' } else { b'A' };
+    let altered = String::from_utf8(altered).unwrap();
+    let long = "A".repeat(10_000);
+    for bad in ["", "not a cursor", "AAAA", altered.as_str(), long.as_str()] {
+        assert_invalid_input(store.list_page(ORG, &query(None, 10, bad)), "cursor");
+    }
+    // A cursor is for its own organization and state filter only.
+    assert_invalid_input(
+        store.list_page(OTHER_ORG, &query(None, 10, &cursor)),
+        "cursor",
+    );
+    assert_invalid_input(
+        store.list_page(ORG, &query(Some(KeyState::Active), 10, &cursor)),
+        "cursor",
+    );
+    assert_eq!(
+        store
+            .list_page(ORG, &query(None, 10, &cursor))
+            .unwrap()
+            .keys,
+        before[1..]
+    );
+    assert_eq!(store.list(ORG).unwrap(), before, "nothing changed");
 }

@@ -5,7 +5,10 @@ mod format;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
+use rusqlite::types::Type;
 use rusqlite::{OptionalExtension, Row, params};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -13,6 +16,20 @@ use subtle::ConstantTimeEq;
 use crate::db::{Database, duration_ms, from_ms, now_ms, to_ms};
 use crate::error::{Error, Rejection, Result};
 use crate::validate;
+
+/// The longest grace period [`ApiKeyStore::roll`] accepts, unless the
+/// store's builder sets another ([`ApiKeyStoreBuilder::max_roll_grace`]):
+/// 7 days, as for a webhook secret's rotation.
+pub const DEFAULT_MAX_ROLL_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The largest [`ApiKeyStoreBuilder::max_roll_grace`] a store accepts: 365 days.
+const MAX_ROLL_GRACE_LIMIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The largest host metadata one key may carry, in bytes of compact JSON.
+pub const MAX_KEY_METADATA_BYTES: usize = 4096;
+
+/// The most keys on one page of [`ApiKeyStore::list_page`].
+const MAX_KEY_PAGE_SIZE: usize = 200;
 
 /// How often `last_used_at` is written for one key: at most once a minute,
 /// so `verify` is a read, not a write transaction, on almost every call.
@@ -32,8 +49,33 @@ pub struct KeySettings {
     /// A longer note for the owner, at most 1,000 characters.
     pub description: Option<String>,
     /// The key's environment (e.g. `"live"` or `"test"`), fixed when the key is
-    /// created; `None` means the store's default. [`ApiKeyStore::update`] refuses to change it.
+    /// created; `None` means the store's default.
     pub environment: Option<String>,
+    /// The host's own data about the key (e.g. the user who made it, a
+    /// per-key rate limit), returned with it by [`ApiKeyStore::verify`], so an
+    /// API server needs no second lookup. A JSON object of at most
+    /// [`MAX_KEY_METADATA_BYTES`] serialized. Not secret: it is shown in
+    /// listings and `Debug`. Default: none.
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Changes for [`ApiKeyStore::update`]: `None` leaves a field as it is, so
+/// `KeyUpdate::default()` changes nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyUpdate {
+    /// A new name, checked and trimmed as by [`ApiKeyStore::create`].
+    pub name: Option<String>,
+    /// A new expiry; `Some(None)` removes it. A new expiry must be in the
+    /// future. Giving an expired key a new expiry (or none) makes it work
+    /// again, so it then counts against the live-key limit.
+    pub expires_at: Option<Option<SystemTime>>,
+    /// New scopes, replacing the old ones; `Some(vec![])` removes them all.
+    pub scopes: Option<Vec<String>>,
+    /// A new description; `Some(None)` clears it.
+    pub description: Option<Option<String>>,
+    /// New host metadata (a JSON object, as in [`KeySettings::metadata`]),
+    /// replacing the old; `Some(None)` clears it.
+    pub metadata: Option<Option<serde_json::Value>>,
 }
 
 /// Whether a key works, as of when it was read.
@@ -64,6 +106,8 @@ pub struct ApiKey {
     pub hint: String,
     /// The key's scopes.
     pub scopes: Vec<String>,
+    /// The host's metadata ([`KeySettings::metadata`]).
+    pub metadata: Option<serde_json::Value>,
     /// When it was created.
     pub created_at: SystemTime,
     /// When it last verified, to the minute.
@@ -109,10 +153,50 @@ pub struct VerifiedKey {
     pub id: String,
     /// The organization the caller acts for.
     pub org: String,
+    /// The key's name, as its owner last set it (e.g. for audit logs).
+    pub name: String,
     /// The key's scopes.
     pub scopes: Vec<String>,
     /// The key's environment.
     pub environment: String,
+    /// The host's metadata ([`KeySettings::metadata`]).
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Which keys a page of [`ApiKeyStore::list_page`] shows. The default: every
+/// key, 50 per page, first page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyQuery {
+    /// Only keys in this state when the page is read ([`KeyState::Active`]:
+    /// live keys, including an old key in a roll's grace period); `None`:
+    /// every key. Default: `None`.
+    pub state: Option<KeyState>,
+    /// Keys per page, 1 to 200. Default: 50.
+    pub limit: usize,
+    /// The [`KeyPage::next_cursor`] of the previous page (read with the same
+    /// `state`), to continue from it. Default: `None`, the first page.
+    pub cursor: Option<String>,
+}
+
+impl Default for KeyQuery {
+    fn default() -> Self {
+        KeyQuery {
+            state: None,
+            limit: 50,
+            cursor: None,
+        }
+    }
+}
+
+/// One page of an organization's keys, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPage {
+    /// The keys, newest first. Metadata only.
+    pub keys: Vec<ApiKey>,
+    /// Pass this as [`KeyQuery::cursor`] (with the same `state`) for the
+    /// next page; `None` on the last page. The cursor is a position, not
+    /// an offset: keys created meanwhile never shift a page.
+    pub next_cursor: Option<String>,
 }
 
 impl VerifiedKey {
@@ -129,6 +213,7 @@ pub struct ApiKeyStoreBuilder {
     environments: Vec<String>,
     pepper: Option<Vec<u8>>,
     max_live_keys: u32,
+    max_roll_grace: Duration,
 }
 
 impl std::fmt::Debug for ApiKeyStoreBuilder {
@@ -138,6 +223,7 @@ impl std::fmt::Debug for ApiKeyStoreBuilder {
             .field("environments", &self.environments)
             .field("pepper", &self.pepper.as_ref().map(|_| "<redacted>"))
             .field("max_live_keys", &self.max_live_keys)
+            .field("max_roll_grace", &self.max_roll_grace)
             .finish()
     }
 }
@@ -179,12 +265,19 @@ impl ApiKeyStoreBuilder {
         self
     }
 
+    /// The longest grace period [`ApiKeyStore::roll`] accepts, at most 365
+    /// days. Default: [`DEFAULT_MAX_ROLL_GRACE`] (7 days).
+    pub fn max_roll_grace(mut self, grace: Duration) -> Self {
+        self.max_roll_grace = grace;
+        self
+    }
+
     /// Checks the settings and builds the store.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidInput`] naming the setting (`prefix`, `environments`,
-    /// `pepper`) that is out of its documented range.
+    /// `pepper`, `max_roll_grace`) that is out of its documented range.
     pub fn build(self) -> Result<ApiKeyStore> {
         let p = &self.prefix;
         if p.is_empty()
@@ -221,6 +314,9 @@ impl ApiKeyStoreBuilder {
             Some(p) => Some(Hmac::<Sha256>::new_from_slice(&p).expect("HMAC takes any key length")),
             None => None,
         };
+        if self.max_roll_grace > MAX_ROLL_GRACE_LIMIT {
+            return Err(Error::invalid("max_roll_grace", "must be at most 365 days"));
+        }
         Ok(ApiKeyStore {
             db: self.db,
             config: Arc::new(Config {
@@ -228,6 +324,7 @@ impl ApiKeyStoreBuilder {
                 environments: self.environments,
                 pepper,
                 max_live_keys: self.max_live_keys,
+                max_roll_grace: self.max_roll_grace,
             }),
         })
     }
@@ -239,6 +336,7 @@ struct Config {
     /// Pre-keyed once; cloned per hash (cheaper than re-keying).
     pepper: Option<Hmac<Sha256>>,
     max_live_keys: u32,
+    max_roll_grace: Duration,
 }
 
 /// Creates, manages and verifies API keys. Cheap to clone, `Send + Sync`.
@@ -264,15 +362,17 @@ impl std::fmt::Debug for ApiKeyStore {
             .field("environments", &self.config.environments)
             .field("pepper", &self.config.pepper.as_ref().map(|_| "<redacted>"))
             .field("max_live_keys", &self.config.max_live_keys)
+            .field("max_roll_grace", &self.config.max_roll_grace)
             .finish_non_exhaustive()
     }
 }
 
 const KEY_COLUMNS: &str = "id, org_id, name, description, environment, hint, scopes, \
-     created_at, last_used_at, expires_at, revoke_at, revoked_at";
+     created_at, last_used_at, expires_at, revoke_at, revoked_at, metadata";
 
 impl ApiKeyStore {
-    /// A store with default settings (prefix `kh`, environments `live` and `test`, no pepper, 50 keys).
+    /// A store with default settings (prefix `kh`, environments `live` and
+    /// `test`, no pepper, 50 keys, rolls with at most 7 days of grace).
     pub fn new(db: &Database) -> ApiKeyStore {
         ApiKeyStore::builder(db)
             .build()
@@ -287,6 +387,7 @@ impl ApiKeyStore {
             environments: vec!["live".into(), "test".into()],
             pepper: None,
             max_live_keys: 50,
+            max_roll_grace: DEFAULT_MAX_ROLL_GRACE,
         }
     }
 
@@ -335,16 +436,14 @@ impl ApiKeyStore {
     /// [`Error::PlanNotEnabled`] if the organization's plan lacks API keys,
     /// [`Error::LimitReached`] at the live-key limit, [`Error::InvalidInput`]
     /// for a bad name (empty, over 100 characters, control characters),
-    /// scope, description, unknown environment or an expiry not in the future.
+    /// scope, description, unknown environment, an expiry not in the future,
+    /// or metadata that is not a JSON object of at most
+    /// [`MAX_KEY_METADATA_BYTES`] (`metadata`).
     pub fn create(&self, org: &str, name: &str, settings: KeySettings) -> Result<CreatedKey> {
         validate::org(org)?;
         let name = validate::name(name)?;
         let now = now_ms();
-        let settings = self.check_settings(settings, now)?;
-        let env = settings
-            .environment
-            .clone()
-            .unwrap_or_else(|| self.config.environments[0].clone());
+        let new = self.check_settings(settings, now)?;
         self.db.write(|tx| {
             let enabled: bool = tx
                 .query_row(
@@ -358,7 +457,7 @@ impl ApiKeyStore {
                 return Err(Error::PlanNotEnabled { org: org.into() });
             }
             self.require_room(tx, org, now)?;
-            self.insert_key(tx, org, &name, &env, &settings, now)
+            self.insert_key(tx, org, &name, &new, now)
         })
     }
 
@@ -386,29 +485,31 @@ impl ApiKeyStore {
         tx: &rusqlite::Transaction<'_>,
         org: &str,
         name: &str,
-        env: &str,
-        settings: &KeySettings,
+        new: &NewKey,
         now: i64,
     ) -> Result<CreatedKey> {
-        let (plaintext, id, secret) = format::generate(&self.config.prefix, env)?;
+        let prefix = &self.config.prefix;
+        let (plaintext, id, secret) = format::generate(prefix, &new.environment)?;
         let (hash, kind) = self.hash(secret.as_bytes());
-        let hint = format::hint(&self.config.prefix, env, &id);
+        let hint = format::hint(prefix, &new.environment, &id);
         tx.execute(
             "INSERT INTO keyhook_api_keys (id, org_id, name, description, environment, hint, hash,
-                 hash_kind, scopes, created_at, updated_at, expires_at, org_enabled)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, 1)",
+                 hash_kind, scopes, created_at, updated_at, expires_at, org_enabled, prefix, metadata)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, 1, ?12, ?13)",
             params![
                 id,
                 org,
                 name,
-                settings.description,
-                env,
+                new.description,
+                new.environment,
                 hint,
                 hash.as_slice(),
                 kind,
-                settings.scopes.join(" "),
+                new.scopes.join(" "),
                 now,
-                settings.expires_at.map(to_ms),
+                new.expires_at,
+                prefix,
+                new.metadata,
             ],
         )?;
         let key = get_key(tx, org, &id, now)?;
@@ -418,7 +519,9 @@ impl ApiKeyStore {
         })
     }
 
-    /// The organization's keys, newest first. Metadata only.
+    /// Every key of the organization, newest first, in one list. Metadata
+    /// only. A settings page should rather read
+    /// [`list_page`](Self::list_page), which filters and pages.
     ///
     /// # Errors
     ///
@@ -435,6 +538,60 @@ impl ApiKeyStore {
         })
     }
 
+    /// One page of the organization's keys, newest first, optionally only
+    /// those in one state. Metadata only.
+    ///
+    /// Pages are keyset pages: each one starts where the last one ended
+    /// (an index seek), so reading page 1,000 costs what page 1 does. A
+    /// filtered page reads past the keys that do not match between the ones
+    /// it shows.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a `limit` out of 1 to 200, or a `cursor`
+    /// that is not this organization's with this `state` (altered, or from
+    /// another query); [`Error::Database`].
+    pub fn list_page(&self, org: &str, query: &KeyQuery) -> Result<KeyPage> {
+        if query.limit == 0 || query.limit > MAX_KEY_PAGE_SIZE {
+            return Err(Error::invalid(
+                "limit",
+                format!("must be 1 to {MAX_KEY_PAGE_SIZE}"),
+            ));
+        }
+        let now = now_ms();
+        self.db.read(|c| {
+            let cursor_key = cursor_key(c)?;
+            let (before_at, before_row) = match &query.cursor {
+                Some(cursor) => decode_cursor(&cursor_key, org, query.state, cursor)?,
+                None => (i64::MAX, i64::MAX),
+            };
+            let mut stmt = c.prepare_cached(&page_sql(query.state))?;
+            let mut rows = stmt
+                .query_map(
+                    params![org, now, before_at, before_row, query.limit as i64 + 1],
+                    |r| {
+                        Ok((
+                            key_from_row(r, now)?,
+                            r.get::<_, i64>(7)?,
+                            r.get::<_, i64>(13)?,
+                        ))
+                    },
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let next_cursor = if rows.len() > query.limit {
+                rows.truncate(query.limit);
+                let (_, at, row) = rows.last().expect("limit is at least 1");
+                Some(encode_cursor(&cursor_key, org, query.state, *at, *row))
+            } else {
+                None
+            };
+            Ok(KeyPage {
+                keys: rows.into_iter().map(|(key, _, _)| key).collect(),
+                next_cursor,
+            })
+        })
+    }
+
     /// One key of the organization.
     ///
     /// # Errors
@@ -444,58 +601,79 @@ impl ApiKeyStore {
         self.db.read(|c| get_key(c, org, id, now_ms()))
     }
 
-    /// Renames a key.
+    /// Renames a key (the same as [`update`](Self::update) with only a name).
     ///
     /// # Errors
     ///
     /// [`Error::InvalidInput`] for a bad name, [`Error::NotFound`],
     /// [`Error::InvalidState`] if the key is revoked.
     pub fn rename(&self, org: &str, id: &str, name: &str) -> Result<ApiKey> {
-        let name = validate::name(name)?;
-        let now = now_ms();
-        self.db.write(|tx| {
-            require_not_revoked(tx, org, id, now)?;
-            tx.execute(
-                "UPDATE keyhook_api_keys SET name = ?3, updated_at = ?4 WHERE org_id = ?1 AND id = ?2",
-                params![org, id, name, now],
-            )?;
-            get_key(tx, org, id, now)
-        })
+        self.update(
+            org,
+            id,
+            KeyUpdate {
+                name: Some(name.to_owned()),
+                ..KeyUpdate::default()
+            },
+        )
     }
 
-    /// Replaces a key's settings (expiry, scopes, description). The environment cannot change.
+    /// Changes the fields of a key that `changes` gives and leaves the others
+    /// as they are. The environment cannot change.
     ///
     /// # Errors
     ///
-    /// As [`create`](Self::create) for the settings; [`Error::NotFound`];
-    /// [`Error::InvalidState`] if the key is revoked; [`Error::InvalidInput`]
-    /// (`environment`) if `settings.environment` names another environment.
-    pub fn update(&self, org: &str, id: &str, settings: KeySettings) -> Result<ApiKey> {
+    /// [`Error::InvalidInput`] naming the field, for a value
+    /// [`create`](Self::create) would refuse; [`Error::NotFound`];
+    /// [`Error::InvalidState`] if the key is revoked;
+    /// [`Error::LimitReached`] if a new expiry would make an expired key work
+    /// again at the live-key limit. Nothing changes when any of these is returned.
+    pub fn update(&self, org: &str, id: &str, changes: KeyUpdate) -> Result<ApiKey> {
         let now = now_ms();
-        let settings = self.check_settings(settings, now)?;
+        let name = changes.name.as_deref().map(validate::name).transpose()?;
+        let expires_at = match changes.expires_at {
+            Some(Some(t)) => Some(Some(check_expiry(t, now)?)),
+            Some(None) => Some(None),
+            None => None,
+        };
+        let scopes = changes.scopes.map(validate::scopes).transpose()?;
+        if let Some(Some(d)) = &changes.description {
+            validate::description(d)?;
+        }
+        let metadata = match &changes.metadata {
+            Some(Some(m)) => Some(Some(metadata_text(m)?)),
+            Some(None) => Some(None),
+            None => None,
+        };
         self.db.write(|tx| {
             let current = require_not_revoked(tx, org, id, now)?;
-            if let Some(env) = &settings.environment
-                && *env != current.environment
-            {
-                return Err(Error::invalid(
-                    "environment",
-                    "a key's environment is fixed when it is created",
-                ));
-            }
             // A new expiry can bring an expired key back: it counts again.
-            if current.state == KeyState::Expired {
+            if current.state == KeyState::Expired && expires_at.is_some() {
                 self.require_room(tx, org, now)?;
             }
+            // Columns that cannot be NULL keep their value through COALESCE;
+            // for the others a flag (?4, ?7, ?9) tells "set, maybe to NULL"
+            // from "leave as it is".
             tx.execute(
-                "UPDATE keyhook_api_keys SET expires_at = ?3, scopes = ?4, description = ?5, updated_at = ?6
+                "UPDATE keyhook_api_keys SET
+                     name = COALESCE(?3, name),
+                     expires_at = CASE WHEN ?4 THEN ?5 ELSE expires_at END,
+                     scopes = COALESCE(?6, scopes),
+                     description = CASE WHEN ?7 THEN ?8 ELSE description END,
+                     metadata = CASE WHEN ?9 THEN ?10 ELSE metadata END,
+                     updated_at = ?11
                  WHERE org_id = ?1 AND id = ?2",
                 params![
                     org,
                     id,
-                    settings.expires_at.map(to_ms),
-                    settings.scopes.join(" "),
-                    settings.description,
+                    name,
+                    expires_at.is_some(),
+                    expires_at.flatten(),
+                    scopes.map(|s| s.join(" ")),
+                    changes.description.is_some(),
+                    changes.description.flatten(),
+                    metadata.is_some(),
+                    metadata.flatten(),
                     now
                 ],
             )?;
@@ -522,16 +700,32 @@ impl ApiKeyStore {
         })
     }
 
-    /// Replaces a key with a new one of the same name and settings. The old
-    /// key keeps working for `grace` (never past its own expiry), then is
-    /// revoked; a zero `grace` revokes it now. Works at the live-key limit,
-    /// since the old key is on its way out.
+    /// Replaces a key with a new one of the same name, settings and metadata.
+    /// The old key keeps working for `grace` (never past its own expiry),
+    /// then is revoked; a zero `grace` revokes it now.
+    ///
+    /// While its grace period runs, the old key is live and counts against
+    /// the live-key limit with the new one; a roll with zero grace never adds
+    /// a live key, so it works even at the limit.
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`]; [`Error::InvalidState`] if the key is revoked or
-    /// expired (create a new key instead).
+    /// [`Error::InvalidInput`] (`grace`) for a grace longer than the store's
+    /// [`max_roll_grace`](ApiKeyStoreBuilder::max_roll_grace) (7 days unless
+    /// set); [`Error::LimitReached`] if the old key in its grace period and
+    /// the new key would be over the live-key limit; [`Error::NotFound`];
+    /// [`Error::InvalidState`] if the key is revoked, expired (create a new
+    /// key instead) or already rolled. Nothing changes when any of these is returned.
     pub fn roll(&self, org: &str, id: &str, grace: Duration) -> Result<CreatedKey> {
+        if grace > self.config.max_roll_grace {
+            return Err(Error::invalid(
+                "grace",
+                format!(
+                    "must be at most {} seconds (the store's max_roll_grace)",
+                    self.config.max_roll_grace.as_secs()
+                ),
+            ));
+        }
         let now = now_ms();
         self.db.write(|tx| {
             let old = require_not_revoked(tx, org, id, now)?;
@@ -551,35 +745,44 @@ impl ApiKeyStore {
                     state: "already rolled (its grace period is running)",
                 });
             }
-            let mut revoke_at = now.saturating_add(duration_ms(grace));
-            if let Some(exp) = old.expires_at.map(to_ms) {
-                revoke_at = revoke_at.min(exp);
-            }
             if grace.is_zero() {
                 tx.execute(
                     "UPDATE keyhook_api_keys SET revoked_at = ?3, updated_at = ?3 WHERE org_id = ?1 AND id = ?2",
                     params![org, id, now],
                 )?;
             } else {
+                // `grace` is at most 365 days, so this cannot overflow; the
+                // old key is not expired, so `revoke_at` is after `now`.
+                let mut revoke_at = now.saturating_add(duration_ms(grace));
+                if let Some(exp) = old.expires_at.map(to_ms) {
+                    revoke_at = revoke_at.min(exp);
+                }
                 tx.execute(
                     "UPDATE keyhook_api_keys SET revoke_at = MIN(COALESCE(revoke_at, ?3), ?3), updated_at = ?4
                      WHERE org_id = ?1 AND id = ?2",
                     params![org, id, revoke_at, now],
                 )?;
+                // The old key still counts: room is needed for the new one.
+                self.require_room(tx, org, now)?;
             }
-            let settings = KeySettings {
-                expires_at: old.expires_at,
+            let new = NewKey {
+                expires_at: old.expires_at.map(to_ms),
                 scopes: old.scopes.clone(),
                 description: old.description.clone(),
-                environment: Some(old.environment.clone()),
+                environment: old.environment.clone(),
+                metadata: old.metadata.as_ref().map(|m| m.to_string()),
             };
-            self.insert_key(tx, org, &old.name, &old.environment, &settings, now)
+            self.insert_key(tx, org, &old.name, &new, now)
         })
     }
 
     /// Checks a key presented by a caller. Malformed strings of any length are
     /// rejected without touching the database; revocation is seen at once
-    /// (there is no cache).
+    /// (there is no cache). A well-formed key is one indexed read of one row.
+    ///
+    /// A key verifies only under the prefix and environment it was made
+    /// with: the same id and secret spelled with another store's prefix (and
+    /// a recomputed checksum) is [`Rejection::Unknown`], like a wrong secret.
     ///
     /// # Errors
     ///
@@ -599,11 +802,7 @@ impl ApiKeyStore {
         let now = now_ms();
         let conn = self.db.conn()?;
         let row = conn
-            .prepare_cached(
-                "SELECT org_id, hash, hash_kind, scopes, environment, expires_at, revoke_at,
-                        revoked_at, last_used_at, org_enabled
-                 FROM keyhook_api_keys WHERE id = ?1",
-            )?
+            .prepare_cached(VERIFY_SQL)?
             .query_row([parsed.id], |r| {
                 Ok(VerifyRow {
                     org: r.get(0)?,
@@ -616,6 +815,9 @@ impl ApiKeyStore {
                     revoked_at: r.get(7)?,
                     last_used_at: r.get(8)?,
                     plan: r.get(9)?,
+                    prefix: r.get(10)?,
+                    name: r.get(11)?,
+                    metadata: r.get(12)?,
                 })
             })
             .optional()?
@@ -638,9 +840,13 @@ impl ApiKeyStore {
             },
             _ => false,
         };
-        // The environment is part of the key string but checked against the
-        // stored row too, so a key cannot be replayed under another environment.
-        if !matches || row.environment != parsed.environment {
+        // The prefix and environment are part of the key string but checked
+        // against the stored row too, so a key cannot be re-spelled for
+        // another store or environment on the same file. The hash is always
+        // computed first, so such a key takes as long as a wrong secret.
+        let same_spelling =
+            row.prefix.as_deref() == Some(parsed.prefix) && row.environment == parsed.environment;
+        if !(matches & same_spelling) {
             return Err(Error::Rejected(Rejection::Unknown));
         }
         if row.revoked_at.is_some() || row.revoke_at.is_some_and(|t| t <= now) {
@@ -669,11 +875,26 @@ impl ApiKeyStore {
                 log::warn!("could not record last use of api key {}: {e}", parsed.id);
             }
         }
+        // Parsed only for a key that verified: a rejected one costs nothing more.
+        let metadata = row
+            .metadata
+            .as_deref()
+            .map(parse_metadata)
+            .transpose()
+            .map_err(|e| {
+                Error::Database(rusqlite::Error::FromSqlConversionFailure(
+                    12,
+                    Type::Text,
+                    Box::new(e),
+                ))
+            })?;
         Ok(VerifiedKey {
             id: parsed.id.to_owned(),
             org: row.org,
+            name: row.name,
             scopes: split_scopes(&row.scopes),
             environment: row.environment,
+            metadata,
         })
     }
 
@@ -688,26 +909,191 @@ impl ApiKeyStore {
         }
     }
 
-    fn check_settings(&self, mut s: KeySettings, now: i64) -> Result<KeySettings> {
-        if let Some(exp) = s.expires_at
-            && to_ms(exp) <= now
-        {
-            return Err(Error::invalid("expires_at", "must be in the future"));
-        }
-        s.scopes = validate::scopes(s.scopes)?;
+    fn check_settings(&self, s: KeySettings, now: i64) -> Result<NewKey> {
+        let expires_at = s.expires_at.map(|t| check_expiry(t, now)).transpose()?;
+        let scopes = validate::scopes(s.scopes)?;
         if let Some(d) = &s.description {
             validate::description(d)?;
         }
-        if let Some(env) = &s.environment
-            && !self.config.environments.contains(env)
-        {
-            return Err(Error::invalid(
-                "environment",
-                format!("{env:?} is not one of {:?}", self.config.environments),
-            ));
-        }
-        Ok(s)
+        let environment = match s.environment {
+            Some(env) if !self.config.environments.contains(&env) => {
+                return Err(Error::invalid(
+                    "environment",
+                    format!("{env:?} is not one of {:?}", self.config.environments),
+                ));
+            }
+            Some(env) => env,
+            None => self.config.environments[0].clone(),
+        };
+        let metadata = s.metadata.as_ref().map(metadata_text).transpose()?;
+        Ok(NewKey {
+            expires_at,
+            scopes,
+            description: s.description,
+            environment,
+            metadata,
+        })
     }
+}
+
+/// Everything verify needs, in one row found through the unique index on `id`.
+const VERIFY_SQL: &str = "SELECT org_id, hash, hash_kind, scopes, environment, expires_at,
+        revoke_at, revoked_at, last_used_at, org_enabled, prefix, name, metadata
+     FROM keyhook_api_keys WHERE id = ?1";
+
+/// A page of one organization's keys (?1), at `now` (?2), strictly older
+/// than the keyset position (?3, ?4), at most ?5 of them.
+///
+/// SQLite appends the row id to every index entry, so the index on
+/// (org_id, created_at) is ordered by the keyset (created_at, row_id): a
+/// page starts with a seek and nothing is sorted.
+fn page_sql(state: Option<KeyState>) -> String {
+    // Keys of one state, as key_from_row decides it.
+    let state_filter = match state {
+        None => "",
+        Some(KeyState::Active) => {
+            "AND revoked_at IS NULL AND (revoke_at IS NULL OR revoke_at > ?2)
+             AND (expires_at IS NULL OR expires_at > ?2)"
+        }
+        Some(KeyState::Revoked) => "AND (revoked_at IS NOT NULL OR revoke_at <= ?2)",
+        Some(KeyState::Expired) => {
+            "AND revoked_at IS NULL AND (revoke_at IS NULL OR revoke_at > ?2)
+             AND expires_at <= ?2"
+        }
+    };
+    format!(
+        "SELECT {KEY_COLUMNS}, row_id FROM keyhook_api_keys INDEXED BY keyhook_api_keys_by_org
+         WHERE org_id = ?1 AND (created_at, row_id) < (?3, ?4) {state_filter}
+         ORDER BY created_at DESC, row_id DESC LIMIT ?5"
+    )
+}
+
+/// A new key's settings, checked, as stored.
+struct NewKey {
+    expires_at: Option<i64>,
+    scopes: Vec<String>,
+    description: Option<String>,
+    environment: String,
+    /// Compact JSON.
+    metadata: Option<String>,
+}
+
+/// An expiry in milliseconds, if it is after `now`.
+fn check_expiry(t: SystemTime, now: i64) -> Result<i64> {
+    let ms = to_ms(t);
+    if ms <= now {
+        return Err(Error::invalid("expires_at", "must be in the future"));
+    }
+    Ok(ms)
+}
+
+/// Host metadata as stored: compact JSON of an object, at most
+/// [`MAX_KEY_METADATA_BYTES`], that reads back (serde_json refuses to read
+/// values nested deeper than 128, which a `Value` built in code can be).
+fn metadata_text(metadata: &serde_json::Value) -> Result<String> {
+    if !metadata.is_object() {
+        return Err(Error::invalid("metadata", "must be a JSON object"));
+    }
+    let text = metadata.to_string();
+    if text.len() > MAX_KEY_METADATA_BYTES {
+        return Err(Error::invalid(
+            "metadata",
+            format!(
+                "is {} bytes as JSON, over the limit of {MAX_KEY_METADATA_BYTES}",
+                text.len()
+            ),
+        ));
+    }
+    if parse_metadata(&text).is_err() {
+        return Err(Error::invalid(
+            "metadata",
+            "nests too deeply to be read back as JSON",
+        ));
+    }
+    Ok(text)
+}
+
+fn parse_metadata(text: &str) -> serde_json::Result<serde_json::Value> {
+    serde_json::from_str(text)
+}
+
+/// A list cursor's MAC is bound to this, the organization and the state
+/// filter, so it is refused by any other query (and by delivery history,
+/// which keys its cursors with the same secret).
+const CURSOR_DOMAIN: &[u8] = b"keyhook api key list v1\0";
+const CURSOR_TAG_LEN: usize = 16;
+
+fn cursor_key(c: &rusqlite::Connection) -> Result<Vec<u8>> {
+    Ok(
+        c.prepare_cached("SELECT value FROM keyhook_meta WHERE key = 'cursor_key'")?
+            .query_row([], |r| r.get(0))?,
+    )
+}
+
+fn state_code(state: Option<KeyState>) -> u8 {
+    match state {
+        None => 0,
+        Some(KeyState::Active) => 1,
+        Some(KeyState::Expired) => 2,
+        Some(KeyState::Revoked) => 3,
+    }
+}
+
+fn cursor_tag(
+    key: &[u8],
+    org: &str,
+    state: Option<KeyState>,
+    at: i64,
+    row: i64,
+) -> [u8; CURSOR_TAG_LEN] {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(CURSOR_DOMAIN);
+    mac.update(org.as_bytes());
+    mac.update(&[0, state_code(state)]);
+    mac.update(&at.to_be_bytes());
+    mac.update(&row.to_be_bytes());
+    let full = mac.finalize().into_bytes();
+    let mut tag = [0u8; CURSOR_TAG_LEN];
+    tag.copy_from_slice(&full[..CURSOR_TAG_LEN]);
+    tag
+}
+
+fn encode_cursor(key: &[u8], org: &str, state: Option<KeyState>, at: i64, row: i64) -> String {
+    let mut raw = Vec::with_capacity(16 + CURSOR_TAG_LEN);
+    raw.extend_from_slice(&at.to_be_bytes());
+    raw.extend_from_slice(&row.to_be_bytes());
+    raw.extend_from_slice(&cursor_tag(key, org, state, at, row));
+    URL_SAFE_NO_PAD.encode(raw)
+}
+
+/// The (created_at, row_id) position a cursor holds, if it is one this
+/// organization's query with this state filter made.
+fn decode_cursor(
+    key: &[u8],
+    org: &str,
+    state: Option<KeyState>,
+    cursor: &str,
+) -> Result<(i64, i64)> {
+    let bad = || {
+        Error::invalid(
+            "cursor",
+            "not a cursor of this query (altered, or from another organization or state filter)",
+        )
+    };
+    if cursor.len() > 64 {
+        return Err(bad());
+    }
+    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    if raw.len() != 16 + CURSOR_TAG_LEN {
+        return Err(bad());
+    }
+    let at = i64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
+    let row = i64::from_be_bytes(raw[8..16].try_into().expect("8 bytes"));
+    let expected = cursor_tag(key, org, state, at, row);
+    if !bool::from(expected.ct_eq(&raw[16..])) {
+        return Err(bad());
+    }
+    Ok((at, row))
 }
 
 struct VerifyRow {
@@ -721,6 +1107,10 @@ struct VerifyRow {
     revoked_at: Option<i64>,
     last_used_at: Option<i64>,
     plan: bool,
+    /// The prefix the key was made with (NULL only if a host wrote the row).
+    prefix: Option<String>,
+    name: String,
+    metadata: Option<String>,
 }
 
 fn split_scopes(s: &str) -> Vec<String> {
@@ -762,6 +1152,12 @@ fn key_from_row(r: &Row<'_>, now: i64) -> rusqlite::Result<ApiKey> {
     } else {
         KeyState::Active
     };
+    let metadata = r
+        .get_ref(12)?
+        .as_str_or_null()?
+        .map(parse_metadata)
+        .transpose()
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(12, Type::Text, Box::new(e)))?;
     Ok(ApiKey {
         id: r.get(0)?,
         org: r.get(1)?,
@@ -770,6 +1166,7 @@ fn key_from_row(r: &Row<'_>, now: i64) -> rusqlite::Result<ApiKey> {
         environment: r.get(4)?,
         hint: r.get(5)?,
         scopes: split_scopes(&r.get::<_, String>(6)?),
+        metadata,
         created_at: from_ms(r.get(7)?),
         last_used_at: r.get::<_, Option<i64>>(8)?.map(from_ms),
         expires_at: expires_at.map(from_ms),
@@ -846,6 +1243,88 @@ mod tests {
             s.verify(&forged).unwrap_err().rejection(),
             Some(Rejection::Unknown)
         );
+    }
+
+    /// SQLite's plan for `sql`, one line per step.
+    fn plan(s: &ApiKeyStore, sql: &str) -> String {
+        s.db.read(|c| {
+            let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+            let n = stmt.parameter_count();
+            let rows = stmt.query_map(rusqlite::params_from_iter(vec![0i64; n]), |r| {
+                r.get::<_, String>(3)
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?.join("\n"))
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn verify_reads_one_row_through_an_index() {
+        let plan = plan(&store(), VERIFY_SQL);
+        assert!(
+            plan.starts_with("SEARCH keyhook_api_keys USING INDEX") && plan.ends_with("(id=?)"),
+            "{plan}"
+        );
+        assert!(!plan.contains('\n'), "{plan}");
+    }
+
+    #[test]
+    fn pages_seek_and_never_sort() {
+        let s = store();
+        for state in [
+            None,
+            Some(KeyState::Active),
+            Some(KeyState::Revoked),
+            Some(KeyState::Expired),
+        ] {
+            let plan = plan(&s, &page_sql(state));
+            assert!(
+                plan.starts_with("SEARCH keyhook_api_keys USING INDEX keyhook_api_keys_by_org (org_id=? AND created_at<?)"),
+                "{state:?}: {plan}"
+            );
+            assert!(!plan.contains("TEMP B-TREE"), "{state:?}: {plan}");
+        }
+    }
+
+    #[test]
+    fn metadata_text_checks_shape_size_and_depth() {
+        use serde_json::json;
+        assert_eq!(
+            metadata_text(&json!({"b": 1, "a": [true]})).unwrap(),
+            r#"{"a":[true],"b":1}"#
+        );
+        for bad in [json!(null), json!([]), json!("s"), json!(1.5)] {
+            assert!(matches!(
+                metadata_text(&bad),
+                Err(Error::InvalidInput {
+                    field: "metadata",
+                    ..
+                })
+            ));
+        }
+        let big = json!({ "k": "x".repeat(MAX_KEY_METADATA_BYTES) });
+        assert!(metadata_text(&big).is_err());
+        let mut deep = json!({});
+        for _ in 0..130 {
+            deep = json!({ "d": deep });
+        }
+        assert!(metadata_text(&deep).is_err(), "would not read back");
+    }
+
+    #[test]
+    fn cursor_roundtrip_and_tamper() {
+        let key = [7u8; 32];
+        let c = encode_cursor(&key, "org", None, 1_700_000_000_000, 42);
+        assert_eq!(
+            decode_cursor(&key, "org", None, &c).unwrap(),
+            (1_700_000_000_000, 42)
+        );
+        assert!(decode_cursor(&key, "org2", None, &c).is_err());
+        assert!(decode_cursor(&key, "org", Some(KeyState::Revoked), &c).is_err());
+        assert!(decode_cursor(&[8u8; 32], "org", None, &c).is_err());
+        for junk in ["", "!!!!", &"A".repeat(65)] {
+            assert!(decode_cursor(&key, "org", None, junk).is_err());
+        }
     }
 
     #[test]
