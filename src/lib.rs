@@ -97,12 +97,29 @@
 //! * Webhook signing secrets are stored as raw bytes in the database, because
 //!   signing needs them; protect the database file like any credential store.
 //! * Secrets never appear in `Debug`, `Display`, logs or error messages.
+//!   keyhook's own log lines (targets `keyhook::…`) name endpoints by id and
+//!   destinations by scheme, host and port.
+//! * The HTTP client, ureq, logs through the same `log` facade, to the
+//!   host's logger, and has no setting to stop it. At `DEBUG` (target
+//!   `ureq`) it logs each request's method, scheme, host and port, with the
+//!   path and query masked (`/******`), and only harmless headers
+//!   (`content-type`, `user-agent`…; `webhook-signature` and an endpoint's
+//!   custom headers are only counted). At `TRACE` nothing is masked: `ureq`
+//!   logs full URLs, query tokens included, and `ureq_proto` hex-dumps every
+//!   request and response on the wire: signatures, custom auth headers,
+//!   event bodies. Keep both at `DEBUG` or quieter in production, e.g.
+//!   `RUST_LOG=debug,ureq=warn,ureq_proto=warn` with `env_logger`, a
+//!   `log::Log::enabled` that drops `TRACE` for targets starting with
+//!   `ureq`, or `log::set_max_level(log::LevelFilter::Debug)`.
 //! * Destinations: endpoint URLs must be `https` and public. Private,
 //!   loopback, link-local, CGNAT, multicast and cloud-metadata addresses are
 //!   refused at registration, and again on every resolved address at connect
 //!   time (so DNS rebinding does not work; a host's checked addresses are
 //!   reused for 30 s, then resolved and checked again), unless the host
-//!   allows them ([`DestinationPolicy`]). Redirects are never followed.
+//!   allows them ([`DestinationPolicy`]). The scheme is checked again on
+//!   every send: a dispatcher whose policy does not allow `http` sends
+//!   nothing to an `http://` URL stored under a more lenient one
+//!   ([`AttemptError::DestinationRefused`]). Redirects are never followed.
 //!
 //! # Operating it
 //!
@@ -129,6 +146,29 @@
 //!   on power loss; concurrent writers share one sync of the WAL, made
 //!   outside the write lock); [`Durability::Normal`] for commits that survive
 //!   a process crash but may lose the last ones on power loss.
+//!
+//! # Sharing the SQLite file with your app
+//!
+//! keyhook may live in your app's own SQLite file, which
+//! [`Dispatcher::emit_in`] needs (the event is written in your
+//! transaction). It keeps out of your way there:
+//!
+//! * every keyhook table, index and trigger is named `keyhook_…`; leave
+//!   them to keyhook and give none of yours that prefix;
+//! * keyhook records its schema version in its own `keyhook_migrations`
+//!   table and never writes `PRAGMA user_version`, which stays your
+//!   migration tool's;
+//! * [`Database::open`] applies keyhook's own migrations, each in one
+//!   `IMMEDIATE` transaction, whatever else the file holds, and refuses a
+//!   file whose keyhook schema is newer than the library
+//!   ([`Error::SchemaTooNew`]). Run your migrations and keyhook's in either
+//!   order; neither touches the other's tables;
+//! * a file written by keyhook 0.1 (unprefixed tables, version in
+//!   `user_version`) is upgraded in place on open: tables renamed, data
+//!   kept, `user_version` left as it was;
+//! * keyhook sets `journal_mode=WAL` (persistent, for the whole file) and
+//!   `foreign_keys=ON` on its own connections; your connections choose
+//!   their own settings, but should also set a `busy_timeout`.
 //!
 //! # Connections and threads
 //!
@@ -163,15 +203,16 @@ pub use db::{Database, DatabaseBuilder, Durability};
 pub use destination::DestinationPolicy;
 pub use dispatch::{
     Attempt, AttemptError, AttemptReport, Delivery, DeliveryState, DisableReason, Dispatcher,
-    DispatcherBuilder, DispatcherHealth, EndpointStats, HistoryPage, HistoryQuery,
-    MAX_HISTORY_RANGE, MAX_PAGE_SIZE, MAX_RECOVERY_WINDOW, MAX_RETRY_DELAY, Notice, PurgeReport,
-    RetryPolicy,
+    DispatcherBuilder, DispatcherHealth, EndpointStats, EventDetail, EventPage, EventQuery,
+    EventSummary, HistoryPage, HistoryQuery, MAX_HISTORY_RANGE, MAX_PAGE_SIZE, MAX_RECOVERY_WINDOW,
+    MAX_REPLAY, MAX_RETRY_DELAY, Notice, PurgeReport, RetryPolicy,
 };
-pub use error::{Error, Rejection, Result};
+pub use error::{Error, OpenProblem, Rejection, Result};
 pub use event::NewEvent;
 pub use registry::{
     CreatedEndpoint, DEFAULT_ROTATION_GRACE, EnabledEndpoint, Endpoint, EndpointOptions,
-    EndpointUpdate, EventType, MAX_ROTATION_GRACE, WebhookRegistry, WebhookRegistryBuilder,
+    EndpointUpdate, EventType, EventTypeUpdate, MAX_ROTATION_GRACE, WebhookRegistry,
+    WebhookRegistryBuilder,
 };
 pub use signing::SigningSecret;
 

@@ -220,7 +220,9 @@ const V2: &str = r#"
     -- API keys: the prefix a key was made with (checked on verify), and
     -- the host's own metadata (a JSON object).
     ALTER TABLE keyhook_api_keys ADD COLUMN prefix TEXT;
-    UPDATE keyhook_api_keys SET prefix = substr(hint, 1, instr(hint, '_') - 1);
+    -- The hint is prefix, '_', environment, '_', six characters and '…';
+    -- the prefix may itself hold underscores.
+    UPDATE keyhook_api_keys SET prefix = substr(hint, 1, length(hint) - length(environment) - 9);
     ALTER TABLE keyhook_api_keys ADD COLUMN metadata TEXT;
 "#;
 

@@ -107,6 +107,16 @@ fn a_keyhook_0_1_file_is_upgraded_in_place() {
     std::fs::write(&path, FIXTURE).unwrap();
     assert_eq!(user_version(&path), 3);
     assert!(tables(&path).contains(&"api_keys".to_owned()));
+    // A second 0.1 key, made by a store whose prefix holds an underscore.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "INSERT INTO api_keys (id, org_id, name, environment, hint, hash, hash_kind, scopes,
+                 created_at, updated_at, org_enabled)
+             SELECT 'key_underscored', org_id, 'Other', 'test', 'my_app_test_abcdef…', hash,
+                 hash_kind, scopes, created_at, updated_at, org_enabled FROM api_keys",
+        )
+        .unwrap();
 
     let db = Database::open(&path).unwrap();
     // Old names are gone, new ones are there; user_version is untouched.
@@ -115,6 +125,19 @@ fn a_keyhook_0_1_file_is_upgraded_in_place() {
         assert!(name.starts_with("keyhook_"), "{name} left unprefixed");
     }
     assert_eq!(user_version(&path), 3);
+    // Each key's prefix is recovered from its hint.
+    let prefixes: Vec<(String, String)> = {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        let mut stmt = c
+            .prepare("SELECT id, prefix FROM keyhook_api_keys ORDER BY row_id")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    };
+    assert_eq!(prefixes[0].1, "vr");
+    assert_eq!(prefixes[1], ("key_underscored".into(), "my_app".into()));
 
     // The key made by 0.1 still verifies, with its organization.
     let keys = ApiKeyStore::builder(&db).prefix("vr").build().unwrap();
