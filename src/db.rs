@@ -37,7 +37,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, OpenProblem, Result};
 use crate::schema::{FROM_LEGACY, LEGACY, MIGRATIONS};
 
 /// How hard SQLite works to keep committed data on power loss.
@@ -99,12 +99,18 @@ impl DatabaseBuilder {
     }
 
     /// Opens (creating if needed) the SQLite file at `path` in WAL mode and
-    /// brings its schema up to date.
+    /// brings its schema up to date. `path` may also be a SQLite `file:`
+    /// URI. Directories are never created.
     ///
     /// # Errors
     ///
-    /// [`Error::NotADatabase`] if the file is not SQLite, [`Error::SchemaTooNew`]
-    /// if a newer keyhook wrote it, [`Error::Database`] for other SQLite errors.
+    /// [`Error::Open`] naming the path and the [`OpenProblem`]: the path is
+    /// a directory, its directory is missing or is not one, access is
+    /// denied, the database is read-only (refused here, not at the first
+    /// write), or another connection or process held a lock on it past the
+    /// busy timeout. [`Error::NotADatabase`] if the file is not SQLite,
+    /// [`Error::SchemaTooNew`] if a newer keyhook wrote it,
+    /// [`Error::Database`] for other SQLite errors.
     pub fn open(self, path: impl AsRef<Path>) -> Result<Database> {
         Database::from_parts(Target::File(path.as_ref().to_path_buf()), self)
     }
@@ -265,11 +271,18 @@ impl Database {
                 returned: Condvar::new(),
             }),
         };
-        let mut conn = db.inner.connect()?;
-        if let Some(path) = conn.path().filter(|p| !p.is_empty()) {
-            let _ = db.inner.main_file.set(PathBuf::from(path));
-        }
-        migrate(&mut conn, db.path())?;
+        let opened = db.inner.connect().and_then(|mut conn| {
+            if let Some(path) = conn.path().filter(|p| !p.is_empty()) {
+                let _ = db.inner.main_file.set(PathBuf::from(path));
+            }
+            migrate(&mut conn, db.path())?;
+            Ok(conn)
+        });
+        let conn = match (opened, db.path()) {
+            (Ok(conn), _) => conn,
+            (Err(e), Some(path)) => return Err(open_error(path, e)),
+            (Err(e), None) => return Err(e),
+        };
         db.inner.lock_idle().push(conn);
         Ok(db)
     }
@@ -570,7 +583,22 @@ impl Inner {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | OpenFlags::SQLITE_OPEN_URI;
         let conn = match &self.target {
-            Target::File(path) => Connection::open_with_flags(path, flags)?,
+            Target::File(path) => {
+                let conn =
+                    Connection::open_with_flags(path, flags).map_err(|e| file_error(path, e))?;
+                // SQLite quietly opens a file it may not write read-only
+                // (no write permission, an immutable file, a read-only
+                // file system, a `mode=ro` URI), and every write would
+                // fail later: refuse it now, naming it.
+                if conn.is_readonly(rusqlite::MAIN_DB)? {
+                    return Err(Error::Open {
+                        path: path.clone(),
+                        problem: OpenProblem::ReadOnly,
+                        source: None,
+                    });
+                }
+                conn
+            }
             Target::Memory => Connection::open_in_memory()?,
         };
         conn.busy_timeout(self.settings.busy_timeout)?;
@@ -594,14 +622,101 @@ impl Inner {
             conn.pragma_update(None, "foreign_keys", "ON")?;
             Ok(())
         };
-        setup(&conn).map_err(|e| match (&self.target, e.sqlite_error_code()) {
-            (Target::File(path), Some(ErrorCode::NotADatabase)) => Error::NotADatabase {
-                path: path.clone(),
-                source: e,
-            },
-            _ => Error::Database(e),
+        setup(&conn).map_err(|e| match &self.target {
+            Target::File(path) => file_error(path, e),
+            Target::Memory => Error::from(e),
         })?;
         Ok(conn)
+    }
+}
+
+/// The error for `e`, which SQLite gave while opening or setting up a
+/// connection to the file at `path`. A lock stays [`Error::Locked`] here:
+/// a connection opened later, mid-operation, meets it like any statement
+/// (see [`open_error`] for the first one).
+fn file_error(path: &Path, e: rusqlite::Error) -> Error {
+    let problem = match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) => {
+            return Error::NotADatabase {
+                path: path.to_path_buf(),
+                source: e,
+            };
+        }
+        Some(ErrorCode::CannotOpen) => diagnose(path),
+        Some(ErrorCode::ReadOnly) => OpenProblem::ReadOnly,
+        Some(ErrorCode::PermissionDenied) => OpenProblem::PermissionDenied,
+        _ => return Error::from(e),
+    };
+    Error::Open {
+        path: path.to_path_buf(),
+        problem,
+        source: Some(e),
+    }
+}
+
+/// The error [`Database::open`] returns for `e`, met while opening the
+/// file at `path` and bringing its schema up to date: a lock held past the
+/// busy timeout, or a write refused as read-only, is a problem with
+/// opening that file.
+fn open_error(path: &Path, e: Error) -> Error {
+    let (problem, source) = match e {
+        Error::Locked(source) => (OpenProblem::Locked, source),
+        Error::Database(source) if source.sqlite_error_code() == Some(ErrorCode::ReadOnly) => {
+            (OpenProblem::ReadOnly, source)
+        }
+        other => return other,
+    };
+    Error::Open {
+        path: path.to_path_buf(),
+        problem,
+        source: Some(source),
+    }
+}
+
+/// Why SQLite could not open `path`: SQLite says only "unable to open
+/// database file", so the file system is asked. Nothing is changed, except
+/// that when the file is missing from an existing directory, creating it
+/// (as SQLite just tried to) is tried once more to learn the OS's reason,
+/// and the file is removed again if that works.
+fn diagnose(path: &Path) -> OpenProblem {
+    use std::io::ErrorKind;
+    // A `file:` URI is not a path: only SQLite knows what it names.
+    if path.as_os_str().as_encoded_bytes().starts_with(b"file:") {
+        return OpenProblem::Other;
+    }
+    let from_kind = |kind: ErrorKind| match kind {
+        ErrorKind::NotADirectory => OpenProblem::ParentNotADirectory,
+        ErrorKind::IsADirectory => OpenProblem::IsADirectory,
+        ErrorKind::PermissionDenied => OpenProblem::PermissionDenied,
+        ErrorKind::ReadOnlyFilesystem => OpenProblem::ReadOnly,
+        _ => OpenProblem::Other,
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => OpenProblem::IsADirectory,
+        Ok(_) => match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(_) => OpenProblem::Other,
+            Err(e) => from_kind(e.kind()),
+        },
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            let parent = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            match std::fs::metadata(parent) {
+                Ok(meta) if !meta.is_dir() => OpenProblem::ParentNotADirectory,
+                Ok(_) => match OpenOptions::new().write(true).create_new(true).open(path) {
+                    Ok(created) => {
+                        drop(created);
+                        let _ = std::fs::remove_file(path);
+                        OpenProblem::Other
+                    }
+                    Err(e) => from_kind(e.kind()),
+                },
+                Err(e) if e.kind() == ErrorKind::NotFound => OpenProblem::ParentMissing,
+                Err(e) => from_kind(e.kind()),
+            }
+        }
+        Err(e) => from_kind(e.kind()),
     }
 }
 

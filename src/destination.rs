@@ -78,6 +78,11 @@ impl DestinationPolicy {
         self
     }
 
+    /// Whether plain `http` URLs are accepted (see [`allow_http`](Self::allow_http)).
+    pub(crate) fn allows_http(&self) -> bool {
+        self.allow_http
+    }
+
     /// Also accept loopback destinations: `127.0.0.0/8`, `::1` (and the
     /// IPv6 forms that embed a `127.x` address) and the host names
     /// `localhost` and `*.localhost` (default: `false`). Meant for

@@ -61,7 +61,13 @@ impl std::fmt::Display for Rejection {
 #[non_exhaustive]
 pub enum Error {
     /// SQLite reported an error; the original is kept as the source.
-    #[error("database error")]
+    ///
+    /// Displays as `database error: ` and SQLite's own message (e.g.
+    /// `database error: disk I/O error`, `database error: no such column:
+    /// version`): never the statement's text, never a bound value (for
+    /// errors that would carry one, such as a value out of range, only
+    /// what went wrong and in which column).
+    #[error("database error: {}", SqliteMessage(.0))]
     Database(#[source] rusqlite::Error),
     /// Another connection or process held the database's write lock for
     /// longer than the busy timeout ([`DatabaseBuilder::busy_timeout`](crate::DatabaseBuilder::busy_timeout));
@@ -70,6 +76,26 @@ pub enum Error {
         "the database is locked by another connection or process (waited the busy timeout); nothing was written"
     )]
     Locked(#[source] rusqlite::Error),
+
+    /// The database at `path` could not be opened for keyhook's use;
+    /// `problem` says why, in a form a host can map to its own message.
+    /// Returned by [`Database::open`](crate::Database::open) (and, for a
+    /// file removed or made unreadable later, when keyhook opens another
+    /// connection to it). Nothing was written.
+    ///
+    /// Displays as e.g. `cannot open database /data/app.sqlite3: its
+    /// directory does not exist`.
+    #[error("cannot open database {}: {}", path.display(), OpenMessage(*problem, source.as_ref()))]
+    Open {
+        /// The path (or `file:` URI) that was given.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: OpenProblem,
+        /// SQLite's error, when SQLite reported one (a read-only database
+        /// is noticed by asking SQLite, which reports no error).
+        #[source]
+        source: Option<rusqlite::Error>,
+    },
 
     /// The file exists but is not a SQLite database (or is encrypted or corrupt).
     #[error("{path} is not a SQLite database")]
@@ -196,6 +222,166 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
+/// Why a database could not be opened, in [`Error::Open`].
+///
+/// Each problem says what the operator has to fix; [`as_str`](Self::as_str)
+/// gives a stable code for logs and API bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum OpenProblem {
+    /// The path names a directory, not a file.
+    IsADirectory,
+    /// The directory that should hold the file does not exist (keyhook
+    /// creates the file, never directories).
+    ParentMissing,
+    /// Something on the way to the file that should be a directory is a
+    /// file (e.g. `/data/app.txt/keyhook.sqlite3`).
+    ParentNotADirectory,
+    /// The operating system refused access to the file or its directory
+    /// (SQLite creates `-wal` and `-shm` files beside the database, so the
+    /// directory must be writable too).
+    PermissionDenied,
+    /// The database can be read but not written: the file, its directory
+    /// or the file system is read-only, or a `file:` URI asked for
+    /// `mode=ro`. keyhook writes (its migrations, every emit), so it
+    /// refuses such a database when opening it rather than at the first
+    /// write.
+    ReadOnly,
+    /// Another connection or process held a lock on the file for longer
+    /// than the busy timeout ([`DatabaseBuilder::busy_timeout`](crate::DatabaseBuilder::busy_timeout))
+    /// while keyhook was opening it or bringing its schema up to date.
+    /// Retrying later is safe.
+    Locked,
+    /// SQLite could not open the file for another reason; its message is
+    /// in the error's text and source.
+    Other,
+}
+
+impl OpenProblem {
+    /// A stable machine-readable code: `is_a_directory`, `parent_missing`,
+    /// `parent_not_a_directory`, `permission_denied`, `read_only`, `locked`,
+    /// `other`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpenProblem::IsADirectory => "is_a_directory",
+            OpenProblem::ParentMissing => "parent_missing",
+            OpenProblem::ParentNotADirectory => "parent_not_a_directory",
+            OpenProblem::PermissionDenied => "permission_denied",
+            OpenProblem::ReadOnly => "read_only",
+            OpenProblem::Locked => "locked",
+            OpenProblem::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for OpenProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OpenProblem::IsADirectory => "it is a directory, not a file",
+            OpenProblem::ParentMissing => "its directory does not exist",
+            OpenProblem::ParentNotADirectory => "a part of its directory path is not a directory",
+            OpenProblem::PermissionDenied => {
+                "permission denied (the file and its directory must be readable and writable)"
+            }
+            OpenProblem::ReadOnly => {
+                "it is read-only (the file, its directory or the file system cannot be written)"
+            }
+            OpenProblem::Locked => {
+                "it is locked by another connection or process (waited the busy timeout)"
+            }
+            OpenProblem::Other => "SQLite cannot open it",
+        })
+    }
+}
+
+/// [`Error::Open`]'s detail: the problem, and for [`OpenProblem::Other`]
+/// SQLite's message, which is all there is to say.
+struct OpenMessage<'a>(OpenProblem, Option<&'a rusqlite::Error>);
+
+impl std::fmt::Display for OpenMessage<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenMessage(OpenProblem::Other, Some(e)) => {
+                write!(f, "{} ({})", OpenProblem::Other, SqliteMessage(e))
+            }
+            OpenMessage(problem, _) => problem.fmt(f),
+        }
+    }
+}
+
+/// What of a rusqlite error may be shown: SQLite's message (which names
+/// tables, columns and constraints, never values), without the statement
+/// text rusqlite appends to syntax errors, and without values or the
+/// messages of conversion errors, which may quote one.
+struct SqliteMessage<'a>(&'a rusqlite::Error);
+
+impl std::fmt::Display for SqliteMessage<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use rusqlite::Error as E;
+        match self.0 {
+            E::SqliteFailure(_, Some(msg)) => f.write_str(msg),
+            E::SqliteFailure(code, None) => {
+                f.write_str(rusqlite::ffi::code_to_str(code.extended_code))
+            }
+            E::SqlInputError { msg, offset, .. } => {
+                write!(f, "{msg} (at offset {offset} of the statement)")
+            }
+            E::SqliteSingleThreadedMode => {
+                f.write_str("SQLite was compiled or configured for single-threaded use only")
+            }
+            E::FromSqlConversionFailure(column, ty, _) => {
+                write!(
+                    f,
+                    "a {ty} value{} could not be converted",
+                    InColumn(*column)
+                )
+            }
+            E::IntegralValueOutOfRange(column, _) => {
+                write!(f, "an integer{} is out of range", InColumn(*column))
+            }
+            E::Utf8Error(_) => f.write_str("a text value is not valid UTF-8"),
+            E::NulError(_) => f.write_str("a string passed to SQLite contains a nul byte"),
+            E::ToSqlConversionFailure(_) => {
+                f.write_str("a value could not be converted for SQLite")
+            }
+            E::InvalidParameterName(name) => write!(f, "invalid parameter name {name}"),
+            E::InvalidPath(_) => f.write_str("the path is not valid for SQLite"),
+            E::ExecuteReturnedResults => f.write_str("a statement returned rows unexpectedly"),
+            E::QueryReturnedNoRows => f.write_str("the query returned no rows"),
+            E::QueryReturnedMoreThanOneRow => f.write_str("the query returned more than one row"),
+            E::InvalidColumnIndex(i) => write!(f, "invalid column index {i}"),
+            E::InvalidColumnName(name) => write!(f, "invalid column name {name}"),
+            E::InvalidColumnType(i, name, ty) => {
+                write!(f, "column {name} (index {i}) has unexpected type {ty}")
+            }
+            E::StatementChangedRows(n) => write!(f, "the statement changed {n} rows"),
+            E::InvalidQuery => f.write_str("the query is not read-only"),
+            E::UnwindingPanic => f.write_str("a panic unwound through SQLite"),
+            E::MultipleStatement => f.write_str("more than one statement was given"),
+            E::InvalidParameterCount(given, needed) => {
+                write!(f, "{given} parameters given, {needed} needed")
+            }
+            E::InvalidDatabaseIndex(i) => write!(f, "invalid database index {i}"),
+            // A variant added by a later rusqlite: its text is unknown, so
+            // only its kind is shown.
+            _ => f.write_str("rusqlite reported an error"),
+        }
+    }
+}
+
+/// ` in column N`, or nothing where rusqlite does not know the column
+/// (it says `usize::MAX`).
+struct InColumn(usize);
+
+impl std::fmt::Display for InColumn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            usize::MAX => Ok(()),
+            column => write!(f, " in column {column}"),
+        }
+    }
+}
+
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Error {
         match e.sqlite_error_code() {
@@ -246,5 +432,127 @@ impl Error {
             kind,
             id: id.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::ffi;
+
+    fn shown(e: rusqlite::Error) -> String {
+        Error::from(e).to_string()
+    }
+
+    #[test]
+    fn a_database_error_shows_sqlites_message() {
+        let io = rusqlite::Error::SqliteFailure(
+            ffi::Error::new(ffi::SQLITE_IOERR_WRITE),
+            Some("disk I/O error".into()),
+        );
+        assert_eq!(shown(io), "database error: disk I/O error");
+        let bare = rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_FULL), None);
+        assert_eq!(
+            shown(bare),
+            "database error: Insertion failed because database is full"
+        );
+        let unique = rusqlite::Error::SqliteFailure(
+            ffi::Error::new(ffi::SQLITE_CONSTRAINT_UNIQUE),
+            Some("UNIQUE constraint failed: keyhook_api_keys.id".into()),
+        );
+        assert_eq!(
+            shown(unique),
+            "database error: UNIQUE constraint failed: keyhook_api_keys.id"
+        );
+    }
+
+    #[test]
+    fn a_database_error_never_shows_values_or_statements() {
+        let secret = "sk_live_0123456789";
+        #[derive(Debug)]
+        struct Quoting(String);
+        impl std::fmt::Display for Quoting {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "cannot convert {:?}", self.0)
+            }
+        }
+        impl std::error::Error for Quoting {}
+        for e in [
+            rusqlite::Error::ToSqlConversionFailure(Box::new(Quoting(secret.into()))),
+            rusqlite::Error::FromSqlConversionFailure(
+                2,
+                rusqlite::types::Type::Text,
+                Box::new(Quoting(secret.into())),
+            ),
+            rusqlite::Error::IntegralValueOutOfRange(1, 123_456_789_012),
+            rusqlite::Error::IntegralValueOutOfRange(usize::MAX, 123_456_789_012),
+            rusqlite::Error::SqlInputError {
+                error: ffi::Error::new(ffi::SQLITE_ERROR),
+                msg: "no such column: version".into(),
+                sql: format!("SELECT version FROM t WHERE key = '{secret}'"),
+                offset: 7,
+            },
+        ] {
+            let msg = shown(e);
+            assert!(msg.starts_with("database error: "), "{msg}");
+            assert!(!msg.contains(secret), "{msg}");
+            assert!(!msg.contains("123456789012"), "{msg}");
+            assert!(!msg.contains("SELECT"), "{msg}");
+            assert!(!msg.contains(&usize::MAX.to_string()), "{msg}");
+        }
+        assert_eq!(
+            shown(rusqlite::Error::IntegralValueOutOfRange(3, 1 << 40)),
+            "database error: an integer in column 3 is out of range"
+        );
+    }
+
+    #[test]
+    fn busy_is_locked_and_the_source_is_kept() {
+        let busy = rusqlite::Error::SqliteFailure(
+            ffi::Error::new(ffi::SQLITE_BUSY),
+            Some("database is locked".into()),
+        );
+        assert!(matches!(Error::from(busy), Error::Locked(_)));
+        let io = Error::from(rusqlite::Error::SqliteFailure(
+            ffi::Error::new(ffi::SQLITE_IOERR),
+            None,
+        ));
+        assert!(std::error::Error::source(&io).is_some());
+    }
+
+    #[test]
+    fn open_errors_name_the_path_and_the_problem() {
+        let open = |problem, source| Error::Open {
+            path: PathBuf::from("/data/app.sqlite3"),
+            problem,
+            source,
+        };
+        assert_eq!(
+            open(OpenProblem::ParentMissing, None).to_string(),
+            "cannot open database /data/app.sqlite3: its directory does not exist"
+        );
+        let cantopen = rusqlite::Error::SqliteFailure(
+            ffi::Error::new(ffi::SQLITE_CANTOPEN),
+            Some("unable to open database file".into()),
+        );
+        let other = open(OpenProblem::Other, Some(cantopen));
+        assert_eq!(
+            other.to_string(),
+            "cannot open database /data/app.sqlite3: SQLite cannot open it (unable to open database file)"
+        );
+        assert!(std::error::Error::source(&other).is_some());
+        assert!(!other.is_client_error());
+        let codes = [
+            OpenProblem::IsADirectory,
+            OpenProblem::ParentMissing,
+            OpenProblem::ParentNotADirectory,
+            OpenProblem::PermissionDenied,
+            OpenProblem::ReadOnly,
+            OpenProblem::Locked,
+            OpenProblem::Other,
+        ]
+        .map(OpenProblem::as_str);
+        let unique: std::collections::HashSet<_> = codes.iter().collect();
+        assert_eq!(unique.len(), codes.len());
     }
 }

@@ -27,15 +27,21 @@ const USER_AGENT: &str = concat!("keyhook/", env!("CARGO_PKG_VERSION"));
 pub enum AttemptError {
     /// The receiver answered with a status that is not 2xx (see the status code).
     Status,
-    /// No complete answer within the request timeout.
+    /// No complete answer within the request timeout (a response whose
+    /// body stalled after its status line included; the status is kept).
     Timeout,
     /// The connection could not be made (refused, reset, unreachable).
     Connect,
     /// The host name did not resolve.
     Dns,
-    /// The destination policy refused the resolved address.
+    /// The dispatcher's destination policy refused the URL's scheme (a
+    /// stored `http://` URL under a policy without
+    /// [`allow_http`](crate::DestinationPolicy::allow_http)) or every
+    /// address its host resolved to. No request was sent.
     DestinationRefused,
-    /// TLS failed (certificate, handshake).
+    /// TLS failed: the server's certificate was refused (unknown issuer,
+    /// expired, wrong name) or the handshake broke down (the server does
+    /// not speak TLS, or no common version or cipher suite).
     Tls,
     /// Anything else (the log has details).
     Other,
@@ -137,9 +143,15 @@ impl Response {
 
 /// The one ureq agent all workers share: keep-alive pool, global timeout,
 /// no redirects, no proxy, and the destination policy applied to every
-/// resolved address (so a DNS name pointing at a private address is refused).
+/// request: its scheme rule before anything is resolved or sent (a URL
+/// stored under a more lenient policy is not sent in clear text), its
+/// address rules to every resolved address (so a DNS name pointing at a
+/// private address is refused).
 pub(crate) fn agent(policy: DestinationPolicy, timeout: Duration, pool_per_host: usize) -> Agent {
     let config: Config = Agent::config_builder()
+        // ureq checks this on every request, redirects included, before it
+        // resolves or connects: a refusal sends nothing.
+        .https_only(!policy.allows_http())
         .http_status_as_error(false)
         .timeout_global(Some(timeout))
         .max_redirects(0)
@@ -357,13 +369,24 @@ fn classify(e: &ureq::Error) -> AttemptError {
         ureq::Error::Io(io) => classify_io(io),
         ureq::Error::ConnectionFailed => AttemptError::Connect,
         ureq::Error::Tls(_) | ureq::Error::Rustls(_) => AttemptError::Tls,
+        ureq::Error::RequireHttpsOnly(_) => AttemptError::DestinationRefused,
         _ => AttemptError::Other,
     }
 }
 
+/// Classifies an I/O error: ureq's own errors (a timeout while reading a
+/// body) and rustls's (a refused certificate, a broken handshake) reach
+/// here wrapped in one, so they are unwrapped before the kind is looked at.
 fn classify_io(e: &io::Error) -> AttemptError {
-    if e.get_ref().is_some_and(|inner| inner.is::<Refusal>()) {
+    let inner = e.get_ref();
+    if inner.is_some_and(|inner| inner.is::<Refusal>()) {
         return AttemptError::DestinationRefused;
+    }
+    if let Some(ureq) = inner.and_then(|inner| inner.downcast_ref::<ureq::Error>()) {
+        return classify(ureq);
+    }
+    if wraps(e, ureq::Error::Rustls) {
+        return AttemptError::Tls;
     }
     match e.kind() {
         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => AttemptError::Timeout,
@@ -378,6 +401,14 @@ fn classify_io(e: &io::Error) -> AttemptError {
         | io::ErrorKind::AddrNotAvailable => AttemptError::Connect,
         _ => AttemptError::Other,
     }
+}
+
+/// Whether `e` wraps a value of the type `variant` holds. Passing
+/// `ureq::Error::Rustls` names rustls's error type through ureq (which
+/// wraps it in an I/O error when the handshake fails) without keyhook
+/// depending on rustls itself.
+fn wraps<T: std::error::Error + 'static>(e: &io::Error, _variant: fn(T) -> ureq::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<T>())
 }
 
 /// For logs: the address a URL points at, without path or query (which may
@@ -414,6 +445,53 @@ mod tests {
         assert!(r(Some(429), Some(AttemptError::Status)).is_throttled());
         assert!(r(None, Some(AttemptError::Timeout)).is_throttled());
         assert!(!r(Some(500), Some(AttemptError::Status)).is_throttled());
+    }
+
+    #[test]
+    fn wrapped_errors_are_classified_by_what_they_wrap() {
+        // How a body read reports a timeout: ureq's error inside an I/O error.
+        let body_timeout = io::Error::other(ureq::Error::Timeout(ureq::Timeout::Global));
+        assert_eq!(classify_io(&body_timeout), AttemptError::Timeout);
+        let reset = io::Error::other(ureq::Error::Io(io::ErrorKind::ConnectionReset.into()));
+        assert_eq!(classify_io(&reset), AttemptError::Connect);
+        // Invalid data that is not rustls's is not a TLS failure.
+        let invalid = io::Error::new(io::ErrorKind::InvalidData, "bad chunk");
+        assert_eq!(classify_io(&invalid), AttemptError::Other);
+        let refusal = DestinationPolicy::new()
+            .check_ip("10.0.0.1".parse().unwrap())
+            .unwrap_err();
+        // As the policy resolver returns it.
+        let refused = ureq::Error::Io(io::Error::new(io::ErrorKind::PermissionDenied, refusal));
+        assert_eq!(classify(&refused), AttemptError::DestinationRefused);
+        // And as a body read would, wrapped once more.
+        assert_eq!(
+            classify_io(&io::Error::other(refused)),
+            AttemptError::DestinationRefused
+        );
+    }
+
+    #[test]
+    fn the_scheme_rule_and_tls_errors_have_their_kinds() {
+        let http = ureq::Error::RequireHttpsOnly("http://example.com/".into());
+        assert_eq!(classify(&http), AttemptError::DestinationRefused);
+        assert_eq!(classify(&ureq::Error::Tls("handshake")), AttemptError::Tls);
+        assert_eq!(classify(&ureq::Error::HostNotFound), AttemptError::Dns);
+        assert_eq!(
+            classify(&ureq::Error::Timeout(ureq::Timeout::Connect)),
+            AttemptError::Timeout
+        );
+    }
+
+    #[test]
+    fn an_agent_sends_http_only_under_a_policy_that_allows_it() {
+        let strict = agent(DestinationPolicy::new(), Duration::from_secs(1), 1);
+        assert!(strict.config().https_only());
+        let lenient = agent(
+            DestinationPolicy::new().allow_http(true),
+            Duration::from_secs(1),
+            1,
+        );
+        assert!(!lenient.config().https_only());
     }
 
     #[test]
