@@ -184,6 +184,7 @@
 struct ReadmeDoctests;
 
 mod api_keys;
+mod cursor;
 mod db;
 pub mod destination;
 mod dispatch;

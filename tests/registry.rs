@@ -13,8 +13,7 @@ use keyhook::destination::Cidr;
 use keyhook::signing::{self, Signer, VerifyError};
 use keyhook::{
     CreatedEndpoint, DEFAULT_ROTATION_GRACE, Database, DestinationPolicy, Endpoint,
-    EndpointOptions, EndpointUpdate, Error, EventType, MAX_ROTATION_GRACE, SigningSecret,
-    WebhookRegistry,
+    EndpointOptions, EndpointUpdate, Error, MAX_ROTATION_GRACE, SigningSecret, WebhookRegistry,
 };
 
 use common::{TempDb, assert_not_found_id, temp_db_path, unix_now};
@@ -812,7 +811,7 @@ fn event_type_catalogue() {
         let registered = reg.register_event_type(name, description).unwrap();
         assert_eq!(
             (registered.name.as_str(), registered.description.as_str()),
-            (*name, *description)
+            (name, description)
         );
         assert_eq!(registered.example, None);
         assert!(!registered.deprecated && !registered.archived);

@@ -5,14 +5,13 @@ mod format;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use rusqlite::types::Type;
 use rusqlite::{OptionalExtension, Row, params};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::cursor;
 use crate::db::{Database, duration_ms, from_ms, now_ms, to_ms};
 use crate::error::{Error, Rejection, Result};
 use crate::validate;
@@ -560,7 +559,7 @@ impl ApiKeyStore {
         }
         let now = now_ms();
         self.db.read(|c| {
-            let cursor_key = cursor_key(c)?;
+            let cursor_key = cursor::key(c)?;
             let (before_at, before_row) = match &query.cursor {
                 Some(cursor) => decode_cursor(&cursor_key, org, query.state, cursor)?,
                 None => (i64::MAX, i64::MAX),
@@ -1021,15 +1020,6 @@ fn parse_metadata(text: &str) -> serde_json::Result<serde_json::Value> {
 /// filter, so it is refused by any other query (and by delivery history,
 /// which keys its cursors with the same secret).
 const CURSOR_DOMAIN: &[u8] = b"keyhook api key list v1\0";
-const CURSOR_TAG_LEN: usize = 16;
-
-fn cursor_key(c: &rusqlite::Connection) -> Result<Vec<u8>> {
-    Ok(
-        c.prepare_cached("SELECT value FROM keyhook_meta WHERE key = 'cursor_key'")?
-            .query_row([], |r| r.get(0))?,
-    )
-}
-
 fn state_code(state: Option<KeyState>) -> u8 {
     match state {
         None => 0,
@@ -1039,31 +1029,16 @@ fn state_code(state: Option<KeyState>) -> u8 {
     }
 }
 
-fn cursor_tag(
-    key: &[u8],
-    org: &str,
-    state: Option<KeyState>,
-    at: i64,
-    row: i64,
-) -> [u8; CURSOR_TAG_LEN] {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(CURSOR_DOMAIN);
-    mac.update(org.as_bytes());
-    mac.update(&[0, state_code(state)]);
-    mac.update(&at.to_be_bytes());
-    mac.update(&row.to_be_bytes());
-    let full = mac.finalize().into_bytes();
-    let mut tag = [0u8; CURSOR_TAG_LEN];
-    tag.copy_from_slice(&full[..CURSOR_TAG_LEN]);
-    tag
+/// What a list cursor's tag covers.
+fn cursor_scope(org: &str, state: Option<KeyState>) -> Vec<u8> {
+    let mut scope = CURSOR_DOMAIN.to_vec();
+    scope.extend_from_slice(org.as_bytes());
+    scope.extend_from_slice(&[0, state_code(state)]);
+    scope
 }
 
 fn encode_cursor(key: &[u8], org: &str, state: Option<KeyState>, at: i64, row: i64) -> String {
-    let mut raw = Vec::with_capacity(16 + CURSOR_TAG_LEN);
-    raw.extend_from_slice(&at.to_be_bytes());
-    raw.extend_from_slice(&row.to_be_bytes());
-    raw.extend_from_slice(&cursor_tag(key, org, state, at, row));
-    URL_SAFE_NO_PAD.encode(raw)
+    cursor::encode(key, &cursor_scope(org, state), at, row)
 }
 
 /// The (created_at, row_id) position a cursor holds, if it is one this
@@ -1074,26 +1049,7 @@ fn decode_cursor(
     state: Option<KeyState>,
     cursor: &str,
 ) -> Result<(i64, i64)> {
-    let bad = || {
-        Error::invalid(
-            "cursor",
-            "not a cursor of this query (altered, or from another organization or state filter)",
-        )
-    };
-    if cursor.len() > 64 {
-        return Err(bad());
-    }
-    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
-    if raw.len() != 16 + CURSOR_TAG_LEN {
-        return Err(bad());
-    }
-    let at = i64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
-    let row = i64::from_be_bytes(raw[8..16].try_into().expect("8 bytes"));
-    let expected = cursor_tag(key, org, state, at, row);
-    if !bool::from(expected.ct_eq(&raw[16..])) {
-        return Err(bad());
-    }
-    Ok((at, row))
+    cursor::decode(key, &cursor_scope(org, state), cursor)
 }
 
 struct VerifyRow {

@@ -3,12 +3,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, Mac};
 use rusqlite::{Connection, OptionalExtension, params};
-use sha2::Sha256;
 
+use crate::cursor;
 use crate::db::{Database, from_ms, now_ms, to_ms};
 use crate::error::{Error, Result};
 
@@ -293,7 +290,7 @@ pub(crate) fn history(
             Some(id) => endpoint_row(c, org, id)?.into(),
             None => org.to_owned().into(),
         };
-        let key = cursor_key(c)?;
+        let key = cursor::key(c)?;
         let scope = CursorScope {
             kind: if endpoint_id.is_some() { 1 } else { 2 },
             org,
@@ -461,7 +458,7 @@ impl EventDetail {
 pub(crate) fn events(db: &Database, org: &str, query: &EventQuery) -> Result<EventPage> {
     let (since, until) = check_page(query.limit, query.since, query.until)?;
     db.read(|c| {
-        let key = cursor_key(c)?;
+        let key = cursor::key(c)?;
         let scope = CursorScope {
             kind: 3,
             org,
@@ -570,69 +567,32 @@ struct CursorScope<'a> {
     until: i64,
 }
 
-const CURSOR_TAG_LEN: usize = 16;
-
-fn cursor_key(c: &Connection) -> Result<Vec<u8>> {
-    Ok(
-        c.prepare_cached("SELECT value FROM keyhook_meta WHERE key = 'cursor_key'")?
-            .query_row([], |r| r.get(0))?,
-    )
-}
-
-fn cursor_tag(key: &[u8], scope: &CursorScope<'_>, at: i64, row: i64) -> [u8; CURSOR_TAG_LEN] {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(&[scope.kind]);
-    for part in [
-        scope.org.as_bytes(),
-        b"\0",
-        scope.endpoint_id.as_bytes(),
-        b"\0",
-        scope.event_type.unwrap_or("").as_bytes(),
-        b"\0",
-    ] {
-        mac.update(part);
+impl CursorScope<'_> {
+    /// What a cursor's tag covers.
+    fn bytes(&self) -> Vec<u8> {
+        let mut out = vec![self.kind];
+        for part in [
+            self.org.as_bytes(),
+            self.endpoint_id.as_bytes(),
+            self.event_type.unwrap_or("").as_bytes(),
+        ] {
+            out.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            out.extend_from_slice(part);
+        }
+        out.push(u8::from(self.event_type.is_some()));
+        out.extend_from_slice(&self.state.map_or(-1, DeliveryState::code).to_be_bytes());
+        out.extend_from_slice(&self.since.to_be_bytes());
+        out.extend_from_slice(&self.until.to_be_bytes());
+        out
     }
-    mac.update(&[u8::from(scope.event_type.is_some())]);
-    mac.update(&scope.state.map_or(-1, DeliveryState::code).to_be_bytes());
-    for n in [scope.since, scope.until, at, row] {
-        mac.update(&n.to_be_bytes());
-    }
-    let full = mac.finalize().into_bytes();
-    let mut tag = [0u8; CURSOR_TAG_LEN];
-    tag.copy_from_slice(&full[..CURSOR_TAG_LEN]);
-    tag
 }
 
 fn encode_cursor(key: &[u8], scope: &CursorScope<'_>, at: i64, row: i64) -> String {
-    let mut raw = Vec::with_capacity(16 + CURSOR_TAG_LEN);
-    raw.extend_from_slice(&at.to_be_bytes());
-    raw.extend_from_slice(&row.to_be_bytes());
-    raw.extend_from_slice(&cursor_tag(key, scope, at, row));
-    URL_SAFE_NO_PAD.encode(raw)
+    cursor::encode(key, &scope.bytes(), at, row)
 }
 
-fn decode_cursor(key: &[u8], scope: &CursorScope<'_>, cursor: &str) -> Result<(i64, i64)> {
-    let bad = || {
-        Error::invalid(
-            "cursor",
-            "not a cursor of this query (changed, or from other filters)",
-        )
-    };
-    if cursor.len() > 64 {
-        return Err(bad());
-    }
-    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
-    if raw.len() != 16 + CURSOR_TAG_LEN {
-        return Err(bad());
-    }
-    let at = i64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
-    let row = i64::from_be_bytes(raw[8..16].try_into().expect("8 bytes"));
-    let expected = cursor_tag(key, scope, at, row);
-    use subtle::ConstantTimeEq;
-    if !bool::from(expected.ct_eq(&raw[16..])) {
-        return Err(bad());
-    }
-    Ok((at, row))
+fn decode_cursor(key: &[u8], scope: &CursorScope<'_>, c: &str) -> Result<(i64, i64)> {
+    cursor::decode(key, &scope.bytes(), c)
 }
 
 /// Counts for a dashboard.
@@ -695,6 +655,8 @@ pub(crate) fn org_backlog(db: &Database, org: &str) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     fn scope(org: &str) -> CursorScope<'_> {
         CursorScope {
