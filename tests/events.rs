@@ -85,7 +85,12 @@ fn a_test_event_goes_to_one_endpoint_only_signed_and_marked() {
 
     let got = rx.received();
     for r in &got {
-        verify_signed(|h| r.header(h), &r.body, std::slice::from_ref(&target.secret)).unwrap();
+        verify_signed(
+            |h| r.header(h),
+            &r.body,
+            std::slice::from_ref(&target.secret),
+        )
+        .unwrap();
     }
     let body = |id: &str| -> serde_json::Value {
         let r = got
