@@ -134,14 +134,19 @@
 //!   dispatcher notices other processes' commits within about 50 ms.
 //! * Faults: an attempt that finished while the database could not be
 //!   written (another process holding the lock past `busy_timeout`) is
-//!   recorded once it can be, never sent again meanwhile; emits in that
-//!   window fail with [`Error::Locked`] and store nothing. A panic during an
-//!   attempt is recorded as [`AttemptError::Panic`]; a thread that dies of
-//!   one stops the dispatcher, which [`Dispatcher::health`] and
-//!   [`Dispatcher::shutdown`] report. Endpoints not known to be healthy (new
-//!   or failing) share all workers but one, so a healthy endpoint always has
-//!   one; what claims cost follows the endpoints with pending work, not the
-//!   endpoints registered.
+//!   recorded once it can be, and this process never sends it again
+//!   meanwhile (another process sharing the file may, once the attempt's
+//!   lease has ended); emits in that window fail with [`Error::Locked`] and
+//!   store nothing. A panic during an attempt is recorded as
+//!   [`AttemptError::Panic`]; a thread that dies of one stops the
+//!   dispatcher, which [`Dispatcher::health`] and [`Dispatcher::shutdown`]
+//!   report.
+//! * Fairness: endpoints not known to be healthy (new or failing) share
+//!   all workers but one, so with two or more workers a healthy endpoint
+//!   always has one; with three or more, failing endpoints leave new ones a
+//!   slot. A disabled endpoint's pending deliveries are parked until it is
+//!   enabled, and what claims cost follows the endpoints with due work, not
+//!   the endpoints registered.
 //! * Durability: [`Durability::Full`] by default (nothing committed is lost
 //!   on power loss; concurrent writers share one sync of the WAL, made
 //!   outside the write lock); [`Durability::Normal`] for commits that survive

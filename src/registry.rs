@@ -544,6 +544,11 @@ impl WebhookRegistry {
                 ],
             )?;
             set_types(tx, row, &types)?;
+            match update.enabled {
+                Some(false) if current.enabled => park_deliveries(tx, row, now)?,
+                Some(true) if !current.enabled => unpark_deliveries(tx, row, now)?,
+                _ => {}
+            }
             Ok(get_endpoint(tx, org, id)?.1)
         })
     }
@@ -578,6 +583,7 @@ impl WebhookRegistry {
                  WHERE row_id = ?1",
                 params![row, now],
             )?;
+            unpark_deliveries(tx, row, now)?;
             let missed = match (failing_since, disabled_at) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -725,6 +731,28 @@ fn check_subscription<'a>(types: impl Iterator<Item = &'a str>, all: bool) -> Re
         out.clear();
     }
     Ok(out)
+}
+
+/// Parks a disabled endpoint's pending deliveries (`next_attempt_at`
+/// NULL: never due, so they cost the claims nothing). Deliveries leased
+/// now are parked when their attempt is recorded.
+pub(crate) fn park_deliveries(tx: &Transaction<'_>, endpoint_row: i64, now: i64) -> Result<()> {
+    tx.prepare_cached(
+        "UPDATE keyhook_deliveries SET next_attempt_at = NULL, leased = 0
+         WHERE endpoint_row = ?1 AND state = 0 AND (leased = 0 OR next_attempt_at <= ?2)",
+    )?
+    .execute(params![endpoint_row, now])?;
+    Ok(())
+}
+
+/// Makes an enabled endpoint's parked deliveries due now.
+fn unpark_deliveries(tx: &Transaction<'_>, endpoint_row: i64, now: i64) -> Result<()> {
+    tx.prepare_cached(
+        "UPDATE keyhook_deliveries SET next_attempt_at = ?2
+         WHERE endpoint_row = ?1 AND state = 0 AND next_attempt_at IS NULL",
+    )?
+    .execute(params![endpoint_row, now])?;
+    Ok(())
 }
 
 /// Every type must be in the catalogue, and not archived unless the

@@ -212,6 +212,16 @@ const V2: &str = r#"
     CREATE INDEX keyhook_deliveries_by_org_type
         ON keyhook_deliveries (org_id, event_type, created_at);
 
+    -- A disabled endpoint's pending deliveries are parked (next_attempt_at
+    -- NULL): never due, and out of the index the claims walk.
+    UPDATE keyhook_deliveries SET next_attempt_at = NULL, leased = 0
+        WHERE state = 0
+          AND endpoint_row IN (SELECT row_id FROM keyhook_endpoints WHERE enabled = 0);
+    DROP INDEX keyhook_deliveries_due_by_endpoint;
+    CREATE INDEX keyhook_deliveries_due_by_endpoint
+        ON keyhook_deliveries (endpoint_row, next_attempt_at)
+        WHERE state = 0 AND next_attempt_at IS NOT NULL;
+
     -- The event-type catalogue: an example payload, deprecation, archiving.
     ALTER TABLE keyhook_event_types ADD COLUMN example TEXT;
     ALTER TABLE keyhook_event_types ADD COLUMN deprecated_at INTEGER;

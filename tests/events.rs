@@ -233,6 +233,16 @@ fn events_emitted_while_disabled_are_replayed_once_on_request() {
         "endpoint",
         &ep.endpoint.id,
     );
+    // A disabled endpoint is enabled first.
+    disable(false);
+    assert!(matches!(
+        d.replay_missing(ORG, &ep.endpoint.id, since),
+        Err(Error::InvalidState {
+            state: "disabled",
+            ..
+        })
+    ));
+    disable(true);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(rx.count(), 3);
     d.shutdown(WAIT).unwrap();

@@ -482,3 +482,125 @@ fn a_database_held_elsewhere_delays_but_never_duplicates() {
     assert_each_delivered_once(&d, &acked);
     d.shutdown(WAIT).unwrap();
 }
+
+/// CPU time this process has used (user + system), from /proc.
+#[cfg(target_os = "linux")]
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+/// Shutting down waits for the attempt in flight without spinning: the
+/// pump sleeps until the attempt reports back.
+#[cfg(target_os = "linux")]
+#[test]
+fn shutdown_waits_for_attempts_in_flight_without_spinning() {
+    let (_t, db, registry) = setup(Duration::from_secs(5));
+    let rx = Receiver::start(|_| Reply::status(204).delay(Duration::from_secs(2)));
+    endpoint(&registry, ORG, &rx.url("/hook"), &[TYPE]);
+    let d = Dispatcher::builder(&db, &registry)
+        .workers(1)
+        .request_timeout(Duration::from_secs(5))
+        .start()
+        .unwrap();
+    let id = d.emit(ORG, TYPE, &json!({})).unwrap();
+    assert!(rx.wait_for(1, WAIT));
+    let cpu = process_cpu();
+    d.shutdown(WAIT).unwrap();
+    let used = process_cpu() - cpu;
+    assert!(
+        used < Duration::from_millis(800),
+        "{used:?} of CPU while waiting about 2 s for one attempt"
+    );
+    assert_eq!(
+        d.event_deliveries(ORG, &id).unwrap()[0].state,
+        DeliveryState::Delivered
+    );
+}
+
+/// While another connection holds the write lock, concurrent emits each
+/// fail after about one `busy_timeout`, not after their turn at it one by one.
+#[test]
+fn emits_on_a_locked_database_fail_after_one_busy_timeout() {
+    let busy = Duration::from_millis(300);
+    let (t, db, registry) = setup(busy);
+    let rx = Receiver::ok();
+    endpoint(&registry, ORG, &rx.url("/hook"), &[TYPE]);
+    let d = Arc::new(
+        Dispatcher::builder(&db, &registry)
+            .workers(2)
+            .start()
+            .unwrap(),
+    );
+    let path = t.path().to_owned();
+    let holder = std::thread::spawn(move || hold_write_lock(&path, Duration::from_secs(4)));
+    std::thread::sleep(Duration::from_millis(200));
+    let waits: Vec<(Duration, bool)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..10)
+            .map(|i| {
+                let d = Arc::clone(&d);
+                s.spawn(move || {
+                    let started = Instant::now();
+                    let result = d.emit(ORG, TYPE, &json!({ "i": i }));
+                    (started.elapsed(), matches!(result, Err(Error::Locked(_))))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    holder.join().unwrap();
+    for (waited, locked) in &waits {
+        assert!(*locked, "an emit under the lock did not fail with Locked");
+        assert!(
+            *waited < busy * 5,
+            "an emit waited {waited:?} with a busy timeout of {busy:?}: {waits:?}"
+        );
+    }
+    // Nothing was stored, and delivery goes on once the lock is gone.
+    let id = d.emit(ORG, TYPE, &json!({ "after": true })).unwrap();
+    wait_delivered(&d, &id);
+    assert_eq!(rx.count(), 1);
+}
+
+/// A disabled endpoint's pending deliveries are parked (not due, so no
+/// claim looks at them) and resume when it is enabled.
+#[test]
+fn a_disabled_endpoint_s_pending_deliveries_are_parked_until_enabled() {
+    let (_t, db, registry) = setup(Duration::from_secs(5));
+    let rx = Receiver::ok();
+    let ep = endpoint(&registry, ORG, &rx.url("/hook"), &[TYPE]);
+    let emitter = Dispatcher::builder(&db, &registry)
+        .workers(0)
+        .start()
+        .unwrap();
+    let id = emitter.emit(ORG, TYPE, &json!({})).unwrap();
+    registry
+        .update(
+            ORG,
+            &ep.endpoint.id,
+            EndpointUpdate {
+                enabled: Some(false),
+                ..EndpointUpdate::default()
+            },
+        )
+        .unwrap();
+    let parked = &emitter.event_deliveries(ORG, &id).unwrap()[0];
+    assert_eq!(parked.state, DeliveryState::Pending);
+    assert_eq!(parked.next_attempt_at, None, "not due while disabled");
+    let d = Dispatcher::builder(&db, &registry)
+        .workers(1)
+        .poll_interval(Duration::from_millis(50))
+        .start()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(rx.count(), 0);
+    registry.enable(ORG, &ep.endpoint.id).unwrap();
+    d.wake();
+    wait_delivered(&d, &id);
+    assert_eq!(rx.count(), 1);
+    d.shutdown(WAIT).unwrap();
+}

@@ -239,7 +239,10 @@ fn check_page(
     if from >= to {
         return Err(Error::invalid("since", "must be before until"));
     }
-    if since.is_some() && until.is_some() && to - from > MAX_HISTORY_RANGE.as_millis() as i64 {
+    if since.is_some()
+        && until.is_some()
+        && to.saturating_sub(from) > MAX_HISTORY_RANGE.as_millis() as i64
+    {
         return Err(Error::invalid(
             "until",
             "the range may span at most 90 days",
@@ -643,10 +646,8 @@ pub(crate) fn endpoint_stats(db: &Database, org: &str, endpoint_id: &str) -> Res
 pub(crate) fn org_backlog(db: &Database, org: &str) -> Result<u64> {
     db.read(|c| {
         Ok(c.prepare_cached(
-            "SELECT COUNT(*) FROM keyhook_endpoints e
-             JOIN keyhook_deliveries d INDEXED BY keyhook_deliveries_due_by_endpoint
-               ON d.endpoint_row = e.row_id AND d.state = 0
-             WHERE e.org_id = ?1",
+            "SELECT COUNT(*) FROM keyhook_deliveries INDEXED BY keyhook_deliveries_by_org_state
+             WHERE org_id = ?1 AND state = 0",
         )?
         .query_row([org], |r| r.get(0))?)
     })

@@ -443,6 +443,10 @@ impl Shared {
         }
     }
 
+    pub fn has_failed(&self) -> bool {
+        self.failure().is_some()
+    }
+
     fn failure(&self) -> Option<(String, String)> {
         self.failure
             .lock()
@@ -783,18 +787,41 @@ impl Dispatcher {
     /// more); test events are not replayed. Returns how many were queued.
     ///
     /// Use it after [`WebhookRegistry::enable`], with the `missed_since` it
-    /// returns. Failed deliveries are [`recover`](Self::recover)'s job.
+    /// returns. Failed deliveries are [`recover`](Self::recover)'s job. The
+    /// organization's events are scanned in small transactions, so emits
+    /// never wait long behind it. Events older than the dispatcher's
+    /// retention are not replayed (their other deliveries may have been
+    /// purged); after a manual [`purge`](Self::purge) with a shorter age,
+    /// pass a `since` within it.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidInput`] (`since`) if `since` is in the future or more
-    /// than 14 days back; [`Error::NotFound`].
+    /// than 14 days back; [`Error::NotFound`]; [`Error::InvalidState`] if
+    /// the endpoint is disabled (enable it first).
     pub fn replay_missing(&self, org: &str, endpoint_id: &str, since: SystemTime) -> Result<usize> {
-        let since = check_recovery_window(since)?;
-        let row = self
-            .shared
-            .db
-            .read(|c| history::endpoint_row(c, org, endpoint_id))?;
+        let mut since = check_recovery_window(since)?;
+        // Retention may have purged older deliveries of events it kept (for
+        // another endpoint's pending delivery): those must not look missed.
+        if let Some(age) = self.shared.config.retention {
+            since = since.max(crate::db::now_ms().saturating_sub(duration_ms(age)));
+        }
+        let (row, enabled) = self.shared.db.read(|c| {
+            let row = history::endpoint_row(c, org, endpoint_id)?;
+            let enabled: bool = c.query_row(
+                "SELECT enabled FROM keyhook_endpoints WHERE row_id = ?1",
+                [row],
+                |r| r.get(0),
+            )?;
+            Ok((row, enabled))
+        })?;
+        if !enabled {
+            return Err(Error::InvalidState {
+                kind: "endpoint",
+                id: endpoint_id.to_owned(),
+                state: "disabled",
+            });
+        }
         let n = queue::replay_missing(&self.shared.db, org, row, since, MAX_REPLAY)?;
         if n > 0 {
             self.wake();
@@ -953,6 +980,11 @@ impl Dispatcher {
         if let Some((thread, cause)) = self.shared.failure() {
             return DispatcherHealth::Failed { thread, cause };
         }
+        if self.shared.db.sync_failed() {
+            return DispatcherHealth::DatabaseFailed {
+                cause: "a sync of the database to disk failed; every write is refused until the database is opened again".into(),
+            };
+        }
         let threads = self.lock_threads();
         if threads.is_empty() || self.shared.pump.lock().stopping {
             DispatcherHealth::Stopped
@@ -976,20 +1008,21 @@ impl Dispatcher {
     pub fn shutdown(&self, timeout: Duration) -> Result<()> {
         self.shared.pump.stop();
         let deadline = Instant::now() + timeout;
-        let mut threads = self.lock_threads();
+        // Taken out of the mutex while waiting, so that health() and a
+        // concurrent shutdown do not wait on it.
+        let threads = std::mem::take(&mut *self.lock_threads());
         while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         let (finished, unfinished): (Vec<_>, Vec<_>) =
-            threads.drain(..).partition(|t| t.is_finished());
+            threads.into_iter().partition(|t| t.is_finished());
         for t in finished {
             // A panic was caught in the thread and recorded: it ends cleanly.
             let _ = t.join();
         }
         let unfinished_count = unfinished.len();
         // Keep the handles: a later shutdown can still join them.
-        threads.extend(unfinished);
-        drop(threads);
+        self.lock_threads().extend(unfinished);
         if let Some((thread, cause)) = self.shared.failure() {
             return Err(Error::DispatcherFailed { thread, cause });
         }
@@ -1016,6 +1049,12 @@ pub enum DispatcherHealth {
         /// The thread's name, e.g. `keyhook-pump`.
         thread: String,
         /// Its panic message.
+        cause: String,
+    },
+    /// A sync of the database to disk failed: every write is refused
+    /// (emits included) until the database is opened again.
+    DatabaseFailed {
+        /// What failed.
         cause: String,
     },
 }

@@ -150,6 +150,20 @@ pub(crate) fn insert_events(
     Ok(out)
 }
 
+/// `$due`, or NULL (parked) while the delivery's endpoint is disabled: a
+/// disabled endpoint's pending deliveries never come due, so they cost the
+/// claims nothing, and enabling it makes them due again.
+macro_rules! due_unless_disabled {
+    ($due:literal) => {
+        concat!(
+            "CASE WHEN (SELECT enabled FROM keyhook_endpoints WHERE row_id = endpoint_row) = 1
+                  THEN ",
+            $due,
+            " END"
+        )
+    };
+}
+
 /// A random public delivery id, made by SQLite as rows are inserted:
 /// `dlv_` and 24 hex digits. Ids reveal nothing of volume or order.
 macro_rules! new_delivery_id {
@@ -234,10 +248,14 @@ pub(crate) fn insert_test_event(
     Ok(id)
 }
 
+/// Events looked at per transaction by [`replay_missing`]: small, so emits
+/// never wait long behind a replay of a large organization.
+const REPLAY_CHUNK: i64 = 500;
+
 /// Queues for an endpoint every event of its organization since `since`
 /// that it is subscribed to now and never got (emitted while it was
 /// disabled, or before it subscribed), oldest first, at most `max`; test
-/// events excepted. Returns how many.
+/// events excepted. Scans in small transactions. Returns how many.
 pub(crate) fn replay_missing(
     db: &Database,
     org: &str,
@@ -245,29 +263,64 @@ pub(crate) fn replay_missing(
     since: i64,
     max: usize,
 ) -> Result<usize> {
-    let now = now_ms();
-    db.write(|tx| {
-        Ok(tx
-            .prepare_cached(concat!(
-                "INSERT INTO keyhook_deliveries (id, event_row, endpoint_row, org_id, event_type,
-                     state, next_attempt_at, created_at, updated_at)
-                 SELECT ",
-                new_delivery_id!(),
-                ", ev.row_id, e.row_id, ev.org_id, ev.event_type, 0, ?4, ?4, ?4
-                 FROM keyhook_endpoints e
-                 CROSS JOIN keyhook_events ev INDEXED BY keyhook_events_by_org
-                 WHERE e.row_id = ?2 AND ev.org_id = ?1 AND ev.created_at >= ?3 AND ev.test = 0
-                   AND (e.all_event_types = 1 OR EXISTS (
-                        SELECT 1 FROM keyhook_endpoint_event_types t
-                        WHERE t.endpoint_row = e.row_id AND t.event_type = ev.event_type))
-                   AND NOT EXISTS (
-                        SELECT 1 FROM keyhook_deliveries d INDEXED BY keyhook_deliveries_by_event
-                        WHERE d.event_row = ev.row_id AND d.endpoint_row = e.row_id)
-                 ORDER BY ev.created_at, ev.row_id
-                 LIMIT ?5"
-            ))?
-            .execute(params![org, endpoint_row, since, now, max as i64])?)
-    })
+    let mut after = (since, i64::MIN);
+    let mut queued = 0usize;
+    while queued < max {
+        let (n, last) = db.write(|tx| {
+            let chunk: Vec<(i64, i64)> = tx
+                .prepare_cached(
+                    "SELECT created_at, row_id FROM keyhook_events INDEXED BY keyhook_events_by_org
+                     WHERE org_id = ?1 AND (created_at, row_id) > (?2, ?3)
+                     ORDER BY created_at, row_id LIMIT ?4",
+                )?
+                .query_map(params![org, after.0, after.1, REPLAY_CHUNK], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let Some(&last) = chunk.last() else {
+                return Ok((0, None));
+            };
+            let now = now_ms();
+            let n = tx
+                .prepare_cached(concat!(
+                    "INSERT INTO keyhook_deliveries (id, event_row, endpoint_row, org_id,
+                         event_type, state, next_attempt_at, created_at, updated_at)
+                     SELECT ",
+                    new_delivery_id!(),
+                    ", ev.row_id, e.row_id, ev.org_id, ev.event_type, 0, ?6, ?6, ?6
+                     FROM keyhook_endpoints e
+                     CROSS JOIN keyhook_events ev INDEXED BY keyhook_events_by_org
+                     WHERE e.row_id = ?2 AND ev.org_id = ?1 AND ev.test = 0
+                       AND (ev.created_at, ev.row_id) > (?3, ?4)
+                       AND (ev.created_at, ev.row_id) <= (?5, ?7)
+                       AND (e.all_event_types = 1 OR EXISTS (
+                            SELECT 1 FROM keyhook_endpoint_event_types t
+                            WHERE t.endpoint_row = e.row_id AND t.event_type = ev.event_type))
+                       AND NOT EXISTS (
+                            SELECT 1 FROM keyhook_deliveries d INDEXED BY keyhook_deliveries_by_event
+                            WHERE d.event_row = ev.row_id AND d.endpoint_row = e.row_id)
+                     ORDER BY ev.created_at, ev.row_id
+                     LIMIT ?8"
+                ))?
+                .execute(params![
+                    org,
+                    endpoint_row,
+                    after.0,
+                    after.1,
+                    last.0,
+                    now,
+                    last.1,
+                    (max - queued) as i64
+                ])?;
+            Ok((n, Some(last)))
+        })?;
+        queued += n;
+        match last {
+            Some(position) => after = position,
+            None => break,
+        }
+    }
+    Ok(queued)
 }
 
 /// How much [`claim_batch`] may take.
@@ -393,23 +446,41 @@ impl Recorded {
 }
 
 /// Records one finished attempt in a savepoint of its own: a record that
-/// cannot be written (its row broke a constraint) is dropped alone, and the
-/// others in the step stand. Errors of the whole transaction (I/O, a full
-/// disk) fail the step, and every attempt in it is kept for the next one.
+/// cannot be written (its row broke a constraint, a value the host edited
+/// does not read back, …) is dropped alone, and the others in the step
+/// stand. Errors of the whole transaction (the lock, I/O, a full disk, a
+/// corrupt or read-only file, memory) fail the step, and every attempt in
+/// it is kept for the next one.
 fn record_isolated(
     tx: &Transaction<'_>,
     c: &Completion,
     now: i64,
     policy: &HealthPolicy,
 ) -> Result<Recorded> {
+    use rusqlite::ErrorCode as Code;
     match in_savepoint(tx, |tx| complete_one(tx, c, now, policy))? {
         Ok(recorded) => Ok(recorded),
-        Err(Error::Database(e))
-            if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) =>
-        {
-            Ok(Recorded::dropped(e.to_string()))
+        Err(e) => {
+            let sqlite_code = match &e {
+                Error::Database(e) | Error::Locked(e) => e.sqlite_error_code(),
+                _ => None,
+            };
+            match sqlite_code {
+                Some(
+                    Code::DatabaseBusy
+                    | Code::DatabaseLocked
+                    | Code::SystemIoFailure
+                    | Code::DiskFull
+                    | Code::DatabaseCorrupt
+                    | Code::NotADatabase
+                    | Code::OutOfMemory
+                    | Code::ReadOnly
+                    | Code::CannotOpen
+                    | Code::FileLockingProtocolFailed,
+                ) => Err(e),
+                _ => Ok(Recorded::dropped(e.to_string())),
+            }
         }
-        Err(e) => Err(e),
     }
 }
 
@@ -427,36 +498,43 @@ fn record_isolated(
 pub(crate) fn claim_batch(conn: &Connection, limits: &ClaimLimits) -> Result<Vec<Claimed>> {
     let now = now_ms();
     let lease_until = now + limits.lease_ms;
+    // The oldest due deliveries the fast scan looks at.
+    let window = (limits.max as i64 * CLAIM_SCAN_PER_ROW).max(64);
     let run = |sql: &str, max: usize, failing: bool| {
         claim_rows(
             conn,
             sql,
-            params![
-                now,
-                lease_until,
-                max as i64,
-                limits.per_endpoint,
-                failing,
-                limits.held
+            &[
+                &now,
+                &lease_until,
+                &(max as i64),
+                &limits.per_endpoint,
+                &failing,
+                &limits.held,
+                &window,
             ],
         )
     };
-    // The oldest due deliveries, counted: if they are fewer than the window
-    // the fast scan looks at, it sees all due work, and the walks over
-    // endpoints (whose cost follows the endpoints with pending work) are
-    // needed only for what it cannot take.
-    let window = (limits.max as i64 * CLAIM_SCAN_PER_ROW).max(64);
+    // The window, counted: if it holds fewer rows than it may, the fast
+    // scan sees all due work, and limited endpoints' due work is among it;
+    // the walk over endpoints (whose cost follows the endpoints with
+    // pending work) is needed only when there is more due work than that.
     let (due, limited_due): (i64, i64) = conn
         .prepare_cached(DUE_WINDOW_SQL)?
         .query_row(params![now, window], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let all_in_window = due < window;
     let mut rows = Vec::new();
     let limited = limits.max.min(limits.max_limited);
+    let limited_sql = if all_in_window {
+        CLAIM_LIMITED_IN_WINDOW_SQL
+    } else {
+        CLAIM_LIMITED_SQL
+    };
     if limited > 0 && (limited_due > 0 || !all_in_window) {
-        rows = run(CLAIM_LIMITED_SQL, limited, false)?;
+        rows = run(limited_sql, limited, false)?;
         let failing = (limited - rows.len()).min(limits.max_failing);
         if failing > 0 {
-            rows.extend(run(CLAIM_LIMITED_SQL, failing, true)?);
+            rows.extend(run(limited_sql, failing, true)?);
         }
     }
     if rows.len() < limits.max && due > 0 {
@@ -529,9 +607,10 @@ const DUE_WINDOW_SQL: &str = "
           ORDER BY next_attempt_at LIMIT (SELECT ?2)) d
     JOIN keyhook_endpoints e ON e.row_id = d.endpoint_row";
 
-// Every claim statement takes the same parameters: ?1 now, ?2 the lease
-// end, ?3 how many, ?4 attempts in flight per limited endpoint, ?5 failing
-// (or new) endpoints, ?6 the rows this process holds (a JSON array).
+// Every claim statement takes the same parameters (each binds those it
+// uses): ?1 now, ?2 the lease end, ?3 how many, ?4 attempts in flight per
+// limited endpoint, ?5 failing (or new) endpoints, ?6 the rows this process
+// holds (a JSON array), ?7 the due window's size.
 //
 // Every `LIMIT (SELECT ?n)` is deliberate: SQLite re-prepares a statement
 // whenever a value bound to a plain `LIMIT ?n` changes (it plans with the
@@ -557,20 +636,39 @@ macro_rules! lease {
     };
 }
 
-/// The endpoints with pending deliveries, walked one index seek each (a
-/// loose index scan): what the claims cost follows the endpoints with work,
-/// not the endpoints registered.
+/// The endpoints with pending deliveries that can come due (a disabled
+/// endpoint's are parked: `next_attempt_at` NULL), walked one index seek
+/// each (a loose index scan): what it costs follows the endpoints with
+/// work, not the endpoints registered.
 macro_rules! with_pending_endpoints {
-    ($select:literal) => {
+    ($select:expr) => {
         concat!(
             "WITH RECURSIVE pending(endpoint_row) AS (
                 SELECT (SELECT MIN(endpoint_row) FROM keyhook_deliveries
-                        INDEXED BY keyhook_deliveries_due_by_endpoint WHERE state = 0)
+                        INDEXED BY keyhook_deliveries_due_by_endpoint
+                        WHERE state = 0 AND next_attempt_at IS NOT NULL)
                 UNION ALL
                 SELECT (SELECT MIN(d.endpoint_row) FROM keyhook_deliveries d
                         INDEXED BY keyhook_deliveries_due_by_endpoint
-                        WHERE d.state = 0 AND d.endpoint_row > p.endpoint_row)
+                        WHERE d.state = 0 AND d.next_attempt_at IS NOT NULL
+                          AND d.endpoint_row > p.endpoint_row)
                 FROM pending p WHERE p.endpoint_row IS NOT NULL
+            ) ",
+            $select
+        )
+    };
+}
+
+/// The endpoints with deliveries in the due window (when it holds all due
+/// work, no other endpoint has any).
+macro_rules! with_window_endpoints {
+    ($select:expr) => {
+        concat!(
+            "WITH pending(endpoint_row) AS (
+                SELECT DISTINCT endpoint_row FROM (
+                    SELECT endpoint_row FROM keyhook_deliveries INDEXED BY keyhook_deliveries_due
+                    WHERE state = 0 AND next_attempt_at <= ?1
+                    ORDER BY next_attempt_at LIMIT (SELECT ?7))
             ) ",
             $select
         )
@@ -579,24 +677,37 @@ macro_rules! with_pending_endpoints {
 
 /// The oldest due delivery of each limited endpoint with a free slot:
 /// failing endpoints when `?5` is true, new ones when false.
-const CLAIM_LIMITED_SQL: &str = lease!(
-    2,
-    with_pending_endpoints!(
-        "SELECT (SELECT d.row_id FROM keyhook_deliveries d INDEXED BY keyhook_deliveries_due_by_endpoint
-                 WHERE d.endpoint_row = e.row_id AND d.state = 0 AND d.next_attempt_at <= ?1
-                   AND d.row_id NOT IN (SELECT value FROM json_each(?6))
-                 ORDER BY d.next_attempt_at, d.row_id LIMIT 1) AS next_row
-         FROM pending p JOIN keyhook_endpoints e ON e.row_id = p.endpoint_row
-         WHERE e.enabled = 1 AND (e.consecutive_failures > 0 OR e.last_success_at IS NULL)
-           AND (e.consecutive_failures > 0) = ?5
-           AND (SELECT COUNT(*) FROM keyhook_deliveries x INDEXED BY keyhook_deliveries_in_flight
-                WHERE x.endpoint_row = e.row_id AND x.state = 0 AND x.leased = 2
-                  AND x.next_attempt_at > ?1) < ?4
-           AND next_row IS NOT NULL
-         ORDER BY next_row
-         LIMIT (SELECT ?3)"
-    )
-);
+macro_rules! limited_claim {
+    ($endpoints:ident) => {
+        lease!(
+            2,
+            $endpoints!(
+                "SELECT (SELECT d.row_id FROM keyhook_deliveries d
+                         INDEXED BY keyhook_deliveries_due_by_endpoint
+                         WHERE d.endpoint_row = e.row_id AND d.state = 0
+                           AND d.next_attempt_at <= ?1
+                           AND d.row_id NOT IN (SELECT value FROM json_each(?6))
+                         ORDER BY d.next_attempt_at, d.row_id LIMIT 1) AS next_row
+                 FROM pending p JOIN keyhook_endpoints e ON e.row_id = p.endpoint_row
+                 WHERE e.enabled = 1 AND (e.consecutive_failures > 0 OR e.last_success_at IS NULL)
+                   AND (e.consecutive_failures > 0) = ?5
+                   AND (SELECT COUNT(*) FROM keyhook_deliveries x
+                        INDEXED BY keyhook_deliveries_in_flight
+                        WHERE x.endpoint_row = e.row_id AND x.state = 0 AND x.leased = 2
+                          AND x.next_attempt_at > ?1) < ?4
+                   AND next_row IS NOT NULL
+                 ORDER BY next_row
+                 LIMIT (SELECT ?3)"
+            )
+        )
+    };
+}
+
+/// Limited claims over every endpoint with pending work.
+const CLAIM_LIMITED_SQL: &str = limited_claim!(with_pending_endpoints);
+
+/// Limited claims over the endpoints in the due window.
+const CLAIM_LIMITED_IN_WINDOW_SQL: &str = limited_claim!(with_window_endpoints);
 
 /// Due deliveries of healthy endpoints among the oldest due (the window of
 /// [`DUE_WINDOW_SQL`]).
@@ -606,7 +717,7 @@ const CLAIM_HEALTHY_SQL: &str = lease!(
      FROM (SELECT row_id, endpoint_row FROM keyhook_deliveries INDEXED BY keyhook_deliveries_due
            WHERE state = 0 AND next_attempt_at <= ?1
              AND row_id NOT IN (SELECT value FROM json_each(?6))
-           ORDER BY next_attempt_at, row_id LIMIT (SELECT MAX(?3 * 8, 64))) d
+           ORDER BY next_attempt_at, row_id LIMIT (SELECT ?7)) d
      JOIN keyhook_endpoints e ON e.row_id = d.endpoint_row
      WHERE e.enabled = 1 AND e.consecutive_failures = 0 AND e.last_success_at IS NOT NULL
      LIMIT (SELECT ?3)"
@@ -628,14 +739,22 @@ const CLAIM_HEALTHY_DEEP_SQL: &str = lease!(
     )
 );
 
+/// Runs a claim statement, binding the parameters it uses.
 fn claim_rows(
     conn: &Connection,
     sql: &str,
-    params: impl rusqlite::Params,
+    params: &[&dyn rusqlite::ToSql],
 ) -> Result<Vec<(i64, i64, i64, u32)>> {
     let mut stmt = conn.prepare_cached(sql)?;
-    let rows = stmt.query_map(params, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    for (i, value) in params.iter().enumerate().take(stmt.parameter_count()) {
+        stmt.raw_bind_parameter(i + 1, value)?;
+    }
+    let mut rows = stmt.raw_query();
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
+    }
+    Ok(out)
 }
 
 /// Gives claimed deliveries that were never attempted back, due now (on shutdown).
@@ -656,10 +775,12 @@ pub(crate) fn release(db: &Database, claimed: &[Claimed]) -> Result<()> {
 /// False if the lease was lost meanwhile.
 fn give_back(tx: &Transaction<'_>, c: &Claimed, now: i64) -> Result<bool> {
     Ok(tx
-        .prepare_cached(
-            "UPDATE keyhook_deliveries SET leased = 0, next_attempt_at = ?3, attempts = attempts - 1
-             WHERE row_id = ?1 AND attempts = ?2 AND state = 0",
-        )?
+        .prepare_cached(concat!(
+            "UPDATE keyhook_deliveries SET leased = 0, next_attempt_at = ",
+            due_unless_disabled!("?3"),
+            ", attempts = attempts - 1
+             WHERE row_id = ?1 AND attempts = ?2 AND state = 0"
+        ))?
         .execute(params![c.delivery_row, c.attempt, now])?
         > 0)
 }
@@ -749,10 +870,12 @@ fn complete_one(
                 .execute(params![claimed.delivery_row, now])?
                 > 0
     } else {
-        tx.prepare_cached(
-            "UPDATE keyhook_deliveries SET state = ?3, next_attempt_at = ?4, leased = 0, updated_at = ?5
-             WHERE row_id = ?1 AND attempts = ?2 AND state = 0",
-        )?
+        tx.prepare_cached(concat!(
+            "UPDATE keyhook_deliveries SET state = ?3, next_attempt_at = ",
+            due_unless_disabled!("?4"),
+            ", leased = 0, updated_at = ?5
+             WHERE row_id = ?1 AND attempts = ?2 AND state = 0"
+        ))?
         .execute(params![
             claimed.delivery_row,
             claimed.attempt,
@@ -820,6 +943,7 @@ fn complete_one(
                 .query_row(params![target.endpoint_row, now, now - after], |r| r.get(0))
                 .optional()?;
             if let Some(since) = since {
+                crate::registry::park_deliveries(tx, target.endpoint_row, now)?;
                 notices.push(Notice::EndpointDisabled {
                     org: target.org.clone(),
                     endpoint_id: target.endpoint_id.clone(),
@@ -837,6 +961,7 @@ fn complete_one(
             )?
             .execute(params![target.endpoint_row, now])?;
         if changed > 0 {
+            crate::registry::park_deliveries(tx, target.endpoint_row, now)?;
             notices.push(Notice::EndpointDisabled {
                 org: target.org.clone(),
                 endpoint_id: target.endpoint_id.clone(),
@@ -900,11 +1025,12 @@ pub(crate) fn recover(db: &Database, endpoint_row: i64, since: i64) -> Result<us
     let now = now_ms();
     db.write(|tx| {
         Ok(tx
-            .prepare_cached(
-                "UPDATE keyhook_deliveries SET state = 0, attempts = 0, next_attempt_at = ?3, leased = 0,
-                     updated_at = ?3
-                 WHERE endpoint_row = ?1 AND state = 2 AND created_at >= ?2",
-            )?
+            .prepare_cached(concat!(
+                "UPDATE keyhook_deliveries SET state = 0, attempts = 0, next_attempt_at = ",
+                due_unless_disabled!("?3"),
+                ", leased = 0, updated_at = ?3
+                 WHERE endpoint_row = ?1 AND state = 2 AND created_at >= ?2"
+            ))?
             .execute(params![endpoint_row, since, now])?)
     })
 }
@@ -990,25 +1116,36 @@ mod tests {
     use rusqlite::StatementStatus;
 
     /// One healthy and one new endpoint with a due delivery each, and
-    /// `idle` endpoints in other organizations that never had anything to
-    /// send; returns the virtual-machine steps each claim statement takes.
-    fn claim_steps(idle: usize) -> Vec<i32> {
+    /// `others` endpoints in other organizations: a third never had
+    /// anything to send, a third are disabled with a parked pending
+    /// delivery, a third are failing with a retry due in an hour. Returns the
+    /// virtual-machine steps of each statement a claim runs when all due
+    /// work fits its window (the probe, the limited claim, the healthy
+    /// claim), and of the walk over endpoints with pending work.
+    fn claim_steps(others: usize) -> Vec<i32> {
         let db = Database::open_in_memory().unwrap();
         db.write(|tx| {
             let now = now_ms();
             let mut endpoint = tx.prepare(
                 "INSERT INTO keyhook_endpoints (id, org_id, url, all_event_types, headers, created_at,
-                     updated_at, last_success_at)
-                 VALUES (?1, ?2, 'https://example.com/', 1, '[]', ?3, ?3, ?4)",
+                     updated_at, last_success_at, enabled, consecutive_failures)
+                 VALUES (?1, ?2, 'https://example.com/', 1, '[]', ?3, ?3, ?4, ?5, ?6)",
             )?;
-            endpoint.execute(params!["ep_healthy", "org_a", now, now])?;
-            endpoint.execute(params!["ep_new", "org_a", now, None::<i64>])?;
-            for i in 0..idle {
+            endpoint.execute(params!["ep_healthy", "org_a", now, now, 1, 0])?;
+            endpoint.execute(params!["ep_new", "org_a", now, None::<i64>, 1, 0])?;
+            for i in 0..others {
+                let (enabled, failures) = match i % 3 {
+                    0 => (1, 0),
+                    1 => (0, 0),
+                    _ => (1, 3),
+                };
                 endpoint.execute(params![
-                    format!("ep_idle{i}"),
+                    format!("ep_other{i}"),
                     format!("org_{i}"),
                     now,
-                    None::<i64>
+                    None::<i64>,
+                    enabled,
+                    failures
                 ])?;
             }
             tx.execute(
@@ -1016,43 +1153,79 @@ mod tests {
                  VALUES ('msg_1', 'org_a', 't', x'7b7d', ?1)",
                 [now],
             )?;
+            // Due now for org_a; parked for the disabled; in an hour for the failing.
             tx.execute(
                 "INSERT INTO keyhook_deliveries (event_row, endpoint_row, org_id, next_attempt_at,
                      created_at, updated_at)
-                 SELECT 1, row_id, 'org_a', ?1, ?1, ?1 FROM keyhook_endpoints WHERE org_id = 'org_a'",
+                 SELECT 1, row_id, org_id,
+                        CASE WHEN org_id = 'org_a' THEN ?1
+                             WHEN enabled = 0 THEN NULL ELSE ?1 + 3600000 END, ?1, ?1
+                 FROM keyhook_endpoints
+                 WHERE org_id = 'org_a' OR enabled = 0 OR consecutive_failures > 0",
                 [now - 1],
             )?;
             Ok(())
         })
         .unwrap();
         let mut conn = db.conn().unwrap();
-        [CLAIM_LIMITED_SQL, CLAIM_HEALTHY_SQL, CLAIM_HEALTHY_DEEP_SQL]
-            .iter()
-            .map(|sql| {
-                // Rolled back when dropped: each statement claims from the
-                // same state.
-                let tx = conn.transaction().unwrap();
-                let now = now_ms();
-                let mut stmt = tx.prepare(sql).unwrap();
-                let n = stmt
-                    .query_map(params![now, now + 1000, 10, 1, false, "[]"], |_| Ok(()))
-                    .unwrap()
-                    .count();
-                assert_eq!(n, 1, "each statement claims its one delivery: {sql}");
-                stmt.get_status(StatementStatus::VmStep)
-            })
-            .collect()
+        let now = now_ms();
+        let probe = {
+            let mut stmt = conn.prepare(DUE_WINDOW_SQL).unwrap();
+            let (due, limited): (i64, i64) = stmt
+                .query_row(params![now, 64], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap();
+            assert_eq!(
+                (due, limited),
+                (2, 1),
+                "the window holds the two due deliveries"
+            );
+            stmt.get_status(StatementStatus::VmStep)
+        };
+        let mut steps = vec![probe];
+        for (sql, failing) in [
+            (CLAIM_LIMITED_IN_WINDOW_SQL, false),
+            (CLAIM_HEALTHY_SQL, false),
+            (CLAIM_LIMITED_SQL, false),
+        ] {
+            // Rolled back when dropped: each statement claims from the same state.
+            let tx = conn.transaction().unwrap();
+            let mut stmt = tx.prepare(sql).unwrap();
+            let params: [&dyn rusqlite::ToSql; 7] =
+                [&now, &(now + 1000), &10i64, &1u32, &failing, &"[]", &64i64];
+            for (i, p) in params.iter().enumerate().take(stmt.parameter_count()) {
+                stmt.raw_bind_parameter(i + 1, p).unwrap();
+            }
+            let mut rows = stmt.raw_query();
+            let mut n = 0;
+            while rows.next().unwrap().is_some() {
+                n += 1;
+            }
+            drop(rows);
+            assert_eq!(n, 1, "each statement claims its one delivery: {sql}");
+            steps.push(stmt.get_status(StatementStatus::VmStep));
+        }
+        steps
     }
 
     #[test]
-    fn claim_cost_does_not_grow_with_idle_endpoints() {
+    fn claim_cost_does_not_grow_with_idle_disabled_or_waiting_endpoints() {
         let without = claim_steps(0);
-        let with = claim_steps(20_000);
-        for (i, (w, wo)) in with.iter().zip(&without).enumerate() {
+        let with = claim_steps(30_000);
+        let names = ["probe", "limited in window", "healthy", "walk"];
+        // The walk visits endpoints with pending work that can come due
+        // (the failing ones' retries), never idle or disabled ones; it runs
+        // only when due work overflows the window.
+        for (i, (w, wo)) in with.iter().zip(&without).enumerate().take(3) {
             assert!(
                 *w <= wo * 2 + 50,
-                "claim statement {i}: {w} steps with 20,000 idle endpoints, {wo} without"
+                "{}: {w} steps with 30,000 other endpoints, {wo} without",
+                names[i]
             );
         }
+        let walk_per_waiting = (with[3] - without[3]) / 10_000;
+        assert!(
+            walk_per_waiting < 100,
+            "the walk spends {walk_per_waiting} steps per endpoint with work"
+        );
     }
 }

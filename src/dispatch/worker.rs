@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use crate::db::{CommitMark, duration_ms, now_ms};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::event::NewEvent;
 use crate::signing::sign;
 
@@ -193,12 +193,20 @@ impl Drop for Paused<'_> {
 /// Claimed deliveries waiting for a worker.
 #[derive(Default)]
 pub(crate) struct Jobs {
-    state: Mutex<(VecDeque<Claimed>, bool)>,
+    state: Mutex<JobQueue>,
     cond: Condvar,
 }
 
+#[derive(Default)]
+struct JobQueue {
+    queue: VecDeque<Claimed>,
+    closed: bool,
+    /// Workers waiting for a job.
+    idle: usize,
+}
+
 impl Jobs {
-    fn lock(&self) -> MutexGuard<'_, (VecDeque<Claimed>, bool)> {
+    fn lock(&self) -> MutexGuard<'_, JobQueue> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -209,9 +217,9 @@ impl Jobs {
         let mut g = self.lock();
         for job in jobs {
             if job.target.health.limited() {
-                g.0.push_front(job);
+                g.queue.push_front(job);
             } else {
-                g.0.push_back(job);
+                g.queue.push_back(job);
             }
         }
         drop(g);
@@ -221,11 +229,17 @@ impl Jobs {
     }
 
     fn take_all(&self) -> Vec<Claimed> {
-        self.lock().0.drain(..).collect()
+        self.lock().queue.drain(..).collect()
+    }
+
+    /// Workers that would start a job pushed now.
+    fn free_workers(&self) -> usize {
+        let g = self.lock();
+        g.idle.saturating_sub(g.queue.len())
     }
 
     pub(crate) fn close(&self) {
-        self.lock().1 = true;
+        self.lock().closed = true;
         self.cond.notify_all();
     }
 
@@ -233,13 +247,15 @@ impl Jobs {
     fn next(&self) -> Option<Claimed> {
         let mut g = self.lock();
         loop {
-            if let Some(job) = g.0.pop_front() {
+            if let Some(job) = g.queue.pop_front() {
                 return Some(job);
             }
-            if g.1 {
+            if g.closed {
                 return None;
             }
+            g.idle += 1;
             g = self.cond.wait(g).unwrap_or_else(|e| e.into_inner());
+            g.idle -= 1;
         }
     }
 }
@@ -251,10 +267,12 @@ pub(crate) fn run_worker(shared: Arc<Shared>) {
             // What claimed it must be on disk before anything is sent. Give
             // it back (the pump claims nothing more: every write is refused
             // once a sync has failed).
-            log::error!(
-                "keyhook: not sending {}: the database could not be synced to disk: {e}",
-                claimed.event_id
-            );
+            contained(|| {
+                log::error!(
+                    "keyhook: not sending {}: the database could not be synced to disk: {e}",
+                    claimed.event_id
+                )
+            });
             (Response::not_sent(), Next::NotSent)
         } else if now_ms().saturating_add(timeout_ms + 500) > claimed.lease_until {
             // Checked after the sync (which has no time bound), just before
@@ -475,17 +493,23 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             } else {
                 free
             },
-            max_limited: limited_capacity.saturating_sub(held.limited()),
+            // Claimed only for a worker that starts them at once: from
+            // their claim on they count as in flight (everywhere), and a
+            // process that dies holding them unsent would hold them back.
+            max_limited: limited_capacity
+                .saturating_sub(held.limited())
+                .min(shared.jobs.free_workers()),
             max_failing: failing_capacity.saturating_sub(held.failing),
             per_endpoint: shared.config.limited_in_flight,
             lease_ms: shared.lease_ms,
             held: held.to_json(),
         };
         if stopping && unrecorded.is_empty() && emits.is_empty() {
-            if held.len() == 0 {
+            // A thread that died may never report what it held.
+            if held.len() == 0 || shared.has_failed() {
                 return;
             }
-            wait(&shared, generation, shared.config.poll_interval);
+            wait_for_done(&shared, shared.config.poll_interval);
             continue;
         }
         if unrecorded.is_empty() && emits.is_empty() && limits.max == 0 {
@@ -511,7 +535,22 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             &limits,
             &policy,
         );
-        if let Err(e) = &stepped
+        if let Err(e @ Error::Locked(_)) = &stepped
+            && !emits.is_empty()
+        {
+            // Another connection held the write lock for the whole busy
+            // timeout: nothing was written, and each emit has waited as long
+            // as it may. Say so to every caller now.
+            let why = e.to_string();
+            for request in &emits {
+                let _ = request
+                    .reply
+                    .send(Err(Error::Locked(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                        Some(why.clone()),
+                    ))));
+            }
+        } else if let Err(e) = &stepped
             && !emits.is_empty()
         {
             // An emit may have broken the whole transaction (a full disk,
@@ -589,13 +628,27 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
 }
 
 /// Closes the job queue when the pump ends, however it ends (a panic
-/// included), so that workers stop rather than wait forever.
+/// included), so that workers stop rather than wait forever. Jobs still
+/// queued are dropped unsent: nobody would record their attempts, and their
+/// leases end so that the next dispatcher sends them (once).
 struct CloseJobs<'a>(&'a Jobs);
 
 impl Drop for CloseJobs<'_> {
     fn drop(&mut self) {
+        drop(self.0.take_all());
         self.0.close();
     }
+}
+
+/// Sleeps until a finished attempt arrives, or `timeout` (while stopping:
+/// nothing else matters then).
+fn wait_for_done(shared: &Shared, timeout: Duration) {
+    let st = shared.pump.lock();
+    let _ = shared
+        .pump
+        .cond
+        .wait_timeout_while(st, timeout, |s| s.done.is_empty())
+        .unwrap_or_else(|e| e.into_inner());
 }
 
 /// Sleeps until an emit, a finished attempt, stop, or `timeout`; true if
