@@ -33,7 +33,7 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 
@@ -366,8 +366,23 @@ impl Database {
             // Nothing more is committed that could not be made durable.
             return Err(sync_failed_error());
         }
+        let queued_at = Instant::now();
         let mut writer = inner.lock_writer(turn);
-        let value = immediate(writer.connection(inner)?, f)?;
+        let conn = writer.connection(inner)?;
+        // One busy timeout covers the wait for this process's writer and
+        // for SQLite's lock together: writers queued behind a lock held
+        // elsewhere fail after one timeout each, not after their turns.
+        let busy = inner.settings.busy_timeout;
+        let waited = queued_at.elapsed();
+        let shortened = waited > Duration::from_millis(1);
+        if shortened {
+            conn.busy_timeout(busy.saturating_sub(waited))?;
+        }
+        let value = immediate(conn, f);
+        if shortened {
+            conn.busy_timeout(busy)?;
+        }
+        let value = value?;
         let mark = inner.commits.fetch_add(1, Ordering::SeqCst) + 1;
         Ok((value, CommitMark(mark)))
     }

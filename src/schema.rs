@@ -198,19 +198,13 @@ const V2: &str = r#"
     CREATE INDEX keyhook_events_by_org ON keyhook_events (org_id, created_at);
     CREATE INDEX keyhook_events_by_org_type ON keyhook_events (org_id, event_type, created_at);
 
-    -- Deliveries: random public ids (0.1's sequential ones are kept), and
-    -- the event type, for history filters and the organization-wide log.
+    -- Deliveries: public ids that say nothing of volume (0.1's sequential
+    -- ones are kept). Type filters and the organization-wide log read
+    -- events first (by organization, by type), then their deliveries, so
+    -- deliveries need no more indexes: each costs every delivery write.
     ALTER TABLE keyhook_deliveries ADD COLUMN id TEXT;
-    ALTER TABLE keyhook_deliveries ADD COLUMN event_type TEXT;
-    UPDATE keyhook_deliveries SET id = 'dlv_' || row_id,
-        event_type = (SELECT e.event_type FROM keyhook_events e WHERE e.row_id = event_row);
+    UPDATE keyhook_deliveries SET id = 'dlv_' || row_id;
     CREATE UNIQUE INDEX keyhook_deliveries_by_id ON keyhook_deliveries (id);
-    CREATE INDEX keyhook_deliveries_by_endpoint_type
-        ON keyhook_deliveries (endpoint_row, event_type, created_at);
-    CREATE INDEX keyhook_deliveries_by_org ON keyhook_deliveries (org_id, created_at);
-    CREATE INDEX keyhook_deliveries_by_org_state ON keyhook_deliveries (org_id, state, created_at);
-    CREATE INDEX keyhook_deliveries_by_org_type
-        ON keyhook_deliveries (org_id, event_type, created_at);
 
     -- A disabled endpoint's pending deliveries are parked (next_attempt_at
     -- NULL): never due, and out of the index the claims walk.

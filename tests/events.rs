@@ -461,7 +461,8 @@ fn delivery_ids_are_random_and_scoped() {
         .collect();
     for id in &ids {
         let hex = id.strip_prefix("dlv_").expect("dlv_ prefix");
-        assert_eq!(hex.len(), 24, "{id}");
+        // The time (11 hex digits), then 16 random ones.
+        assert_eq!(hex.len(), 27, "{id}");
         assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
     }
     let unique: HashSet<&String> = ids.iter().collect();

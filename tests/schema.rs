@@ -190,7 +190,7 @@ fn a_keyhook_0_1_file_is_upgraded_in_place() {
         )
         .unwrap();
     let id = d.event_deliveries("org_1", &new).unwrap()[0].id.clone();
-    assert_eq!(id.len(), "dlv_".len() + 24);
+    assert_eq!(id.len(), "dlv_".len() + 27);
     d.shutdown(Duration::from_secs(10)).unwrap();
     drop((d, reg, keys, db));
     // Opening again is a no-op.

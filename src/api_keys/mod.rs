@@ -1038,7 +1038,7 @@ fn cursor_scope(org: &str, state: Option<KeyState>) -> Vec<u8> {
 }
 
 fn encode_cursor(key: &[u8], org: &str, state: Option<KeyState>, at: i64, row: i64) -> String {
-    cursor::encode(key, &cursor_scope(org, state), at, row)
+    cursor::encode(key, &cursor_scope(org, state), [at, row])
 }
 
 /// The (created_at, row_id) position a cursor holds, if it is one this
@@ -1049,7 +1049,8 @@ fn decode_cursor(
     state: Option<KeyState>,
     cursor: &str,
 ) -> Result<(i64, i64)> {
-    cursor::decode(key, &cursor_scope(org, state), cursor)
+    let [at, row] = cursor::decode(key, &cursor_scope(org, state), cursor)?;
+    Ok((at, row))
 }
 
 struct VerifyRow {

@@ -92,8 +92,11 @@ pub struct Attempt {
 pub struct HistoryQuery {
     /// Only deliveries in this state.
     pub state: Option<DeliveryState>,
-    /// Only deliveries of events of this type. With `state` too, pages are
-    /// read through the type and filtered by state.
+    /// Only deliveries of events of this type. Filtered by type, and across
+    /// an organization ([`Dispatcher::org_history`](super::Dispatcher::org_history)),
+    /// pages follow the events (newest first, through their indexes) with
+    /// each event's deliveries; a state filter then skips deliveries in
+    /// other states, so its cost grows with how rare the state is.
     pub event_type: Option<String>,
     /// Only deliveries created at or after this time.
     pub since: Option<SystemTime>,
@@ -137,13 +140,25 @@ pub struct HistoryPage {
 /// and sort the endpoint's whole history for every page.
 fn delivery_select(index: Option<&str>) -> String {
     format!(
-        "SELECT d.row_id, ev.id, ev.event_type, e.id, d.state, d.created_at, d.next_attempt_at,
-                COALESCE(d.id, 'dlv_' || d.row_id), ev.test
+        "SELECT {DELIVERY_COLUMNS}
          FROM keyhook_deliveries d {}
          CROSS JOIN keyhook_events ev ON ev.row_id = d.event_row
          CROSS JOIN keyhook_endpoints e ON e.row_id = d.endpoint_row",
         index.map(|i| format!("INDEXED BY {i}")).unwrap_or_default()
     )
+}
+
+/// What [`collect_rows`] reads, from `d` (deliveries), `ev` (events) and
+/// `e` (endpoints).
+const DELIVERY_COLUMNS: &str = "d.row_id, ev.id, ev.event_type, e.id, d.state, d.created_at,
+    d.next_attempt_at, COALESCE(d.id, 'dlv_' || d.row_id), ev.test, ev.row_id, ev.created_at";
+
+/// Where a delivery stands in the orders pages use.
+#[derive(Clone, Copy)]
+struct Keys {
+    row: i64,
+    event_row: i64,
+    event_at: i64,
 }
 
 /// The row of a delivery of `org` by its public id.
@@ -161,17 +176,21 @@ fn collect(c: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<V
         .collect())
 }
 
-/// Deliveries with their rows (the keyset of a page), attempts loaded.
+/// Deliveries with their keys (the keyset of a page), attempts loaded.
 fn collect_rows(
     c: &Connection,
     sql: &str,
     params: impl rusqlite::Params,
-) -> Result<Vec<(i64, Delivery)>> {
+) -> Result<Vec<(Keys, Delivery)>> {
     let mut stmt = c.prepare_cached(sql)?;
     let rows = stmt
         .query_map(params, |r| {
             Ok((
-                r.get(0)?,
+                Keys {
+                    row: r.get(0)?,
+                    event_row: r.get(9)?,
+                    event_at: r.get(10)?,
+                },
                 Delivery {
                     id: r.get(7)?,
                     event_id: r.get(1)?,
@@ -187,9 +206,9 @@ fn collect_rows(
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     rows.into_iter()
-        .map(|(row, mut d)| {
-            d.attempts = attempts(c, row)?;
-            Ok((row, d))
+        .map(|(keys, mut d)| {
+            d.attempts = attempts(c, keys.row)?;
+            Ok((keys, d))
         })
         .collect()
 }
@@ -251,25 +270,54 @@ fn check_page(
     Ok((from, to))
 }
 
-/// A page from `limit + 1` rows (row id, item) read newest first: the
-/// items shown, and the cursor of the next page if the extra row exists.
-fn finish_page<T>(
-    mut rows: Vec<(i64, T)>,
+/// A page from `limit + 1` rows (keyset position, item) read newest first:
+/// the items shown, and the cursor of the next page if the extra row exists.
+fn finish_page<T, const N: usize>(
+    mut rows: Vec<([i64; N], T)>,
     limit: usize,
     key: &[u8],
     scope: &CursorScope<'_>,
-    created_at: impl Fn(&T) -> SystemTime,
 ) -> (Vec<T>, Option<String>) {
     let next_cursor = if rows.len() > limit {
         rows.truncate(limit);
-        let (row, last) = rows.last().expect("limit is at least 1");
-        Some(encode_cursor(key, scope, to_ms(created_at(last)), *row))
+        let (position, _) = rows.last().expect("limit is at least 1");
+        Some(cursor::encode(key, &scope.bytes(), *position))
     } else {
         None
     };
     (
         rows.into_iter().map(|(_, item)| item).collect(),
         next_cursor,
+    )
+}
+
+/// A page of deliveries in event order: the organization's events newest
+/// first (of one type when `by_type`), each with its deliveries (in one
+/// state, to one endpoint).
+fn by_event_sql(by_type: bool, by_state: bool, by_endpoint: bool) -> String {
+    let (index, type_filter) = if by_type {
+        ("keyhook_events_by_org_type", "AND ev.event_type = :type")
+    } else {
+        ("keyhook_events_by_org", "")
+    };
+    let state_filter = if by_state { "AND d.state = :state" } else { "" };
+    let endpoint_filter = if by_endpoint {
+        "AND d.endpoint_row = :endpoint"
+    } else {
+        ""
+    };
+    format!(
+        "SELECT {DELIVERY_COLUMNS}
+         FROM keyhook_events ev INDEXED BY {index}
+         CROSS JOIN keyhook_deliveries d INDEXED BY keyhook_deliveries_by_event
+           ON d.event_row = ev.row_id
+         CROSS JOIN keyhook_endpoints e ON e.row_id = d.endpoint_row
+         WHERE ev.org_id = :org {type_filter} AND ev.created_at >= :since
+           AND (ev.created_at, ev.row_id) <= (:before_at, :before_event)
+           AND ((ev.created_at, ev.row_id) < (:before_at, :before_event)
+                OR d.row_id < :before_row)
+           {state_filter} {endpoint_filter}
+         ORDER BY ev.created_at DESC, ev.row_id DESC, d.row_id DESC LIMIT :limit"
     )
 }
 
@@ -289,10 +337,7 @@ pub(crate) fn history(
         return Err(Error::invalid("event_type", "must be 1 to 100 bytes"));
     }
     db.read(|c| {
-        let scope_value: rusqlite::types::Value = match endpoint_id {
-            Some(id) => endpoint_row(c, org, id)?.into(),
-            None => org.to_owned().into(),
-        };
+        let endpoint_row = endpoint_id.map(|id| endpoint_row(c, org, id)).transpose()?;
         let key = cursor::key(c)?;
         let scope = CursorScope {
             kind: if endpoint_id.is_some() { 1 } else { 2 },
@@ -303,48 +348,83 @@ pub(crate) fn history(
             since,
             until,
         };
-        // The position: strictly older than (created_at, row_id) of the last row shown.
-        let (before_at, before_row) = match &query.cursor {
-            Some(cursor) => decode_cursor(&key, &scope, cursor)?,
-            None => (until, i64::MIN),
-        };
-        let (scope_sql, index) = match endpoint_id {
-            Some(_) => ("d.endpoint_row = :scope", "keyhook_deliveries_by_endpoint"),
-            None => ("d.org_id = :scope", "keyhook_deliveries_by_org"),
-        };
-        let (index, filters) = match (&query.event_type, query.state) {
-            (Some(_), Some(_)) => (
-                format!("{index}_type"),
-                "AND d.event_type = :type AND d.state = :state",
-            ),
-            (Some(_), None) => (format!("{index}_type"), "AND d.event_type = :type"),
-            (None, Some(_)) => (format!("{index}_state"), "AND d.state = :state"),
-            (None, None) => (index.to_owned(), ""),
-        };
-        let sql = format!(
-            "{} WHERE {scope_sql} {filters}
-               AND d.created_at >= :since AND (d.created_at, d.row_id) < (:before_at, :before_row)
-             ORDER BY d.created_at DESC, d.row_id DESC LIMIT :limit",
-            delivery_select(Some(&index))
-        );
         let limit = query.limit as i64 + 1;
         let state = query.state.map(DeliveryState::code);
-        let mut params: Vec<(&str, &dyn rusqlite::ToSql)> = vec![
-            (":scope", &scope_value),
-            (":since", &since),
-            (":before_at", &before_at),
-            (":before_row", &before_row),
-            (":limit", &limit),
-        ];
-        if let Some(t) = &query.event_type {
-            params.push((":type", t));
-        }
-        if let Some(s) = &state {
-            params.push((":state", s));
-        }
-        let rows = collect_rows(c, &sql, params.as_slice())?;
-        let (deliveries, next_cursor) =
-            finish_page(rows, query.limit, &key, &scope, |d| d.created_at);
+        let (deliveries, next_cursor) = match (endpoint_row, &query.event_type) {
+            // One endpoint's deliveries, newest first, through its own indexes.
+            (Some(row), None) => {
+                let [before_at, before_row] = match &query.cursor {
+                    Some(c) => cursor::decode(&key, &scope.bytes(), c)?,
+                    None => [until, i64::MIN],
+                };
+                let (index, filter) = match state {
+                    Some(_) => (
+                        "keyhook_deliveries_by_endpoint_state",
+                        "AND d.state = :state",
+                    ),
+                    None => ("keyhook_deliveries_by_endpoint", ""),
+                };
+                let sql = format!(
+                    "{} WHERE d.endpoint_row = :endpoint {filter}
+                       AND d.created_at >= :since
+                       AND (d.created_at, d.row_id) < (:before_at, :before_row)
+                     ORDER BY d.created_at DESC, d.row_id DESC LIMIT :limit",
+                    delivery_select(Some(index))
+                );
+                let mut params: Vec<(&str, &dyn rusqlite::ToSql)> = vec![
+                    (":endpoint", &row),
+                    (":since", &since),
+                    (":before_at", &before_at),
+                    (":before_row", &before_row),
+                    (":limit", &limit),
+                ];
+                if let Some(s) = &state {
+                    params.push((":state", s));
+                }
+                let rows = collect_rows(c, &sql, params.as_slice())?
+                    .into_iter()
+                    .map(|(k, d)| ([to_ms(d.created_at), k.row], d))
+                    .collect();
+                finish_page(rows, query.limit, &key, &scope)
+            }
+            // The organization's events newest first (of the type), each
+            // with its deliveries (to the endpoint), through the events'
+            // indexes: deliveries need no index per filter, which would cost
+            // every delivery write.
+            (endpoint_row, event_type) => {
+                let [before_at, before_event, before_row] = match &query.cursor {
+                    Some(c) => cursor::decode(&key, &scope.bytes(), c)?,
+                    None => [until, i64::MIN, i64::MIN],
+                };
+                let sql = by_event_sql(
+                    event_type.is_some(),
+                    state.is_some(),
+                    endpoint_row.is_some(),
+                );
+                let mut params: Vec<(&str, &dyn rusqlite::ToSql)> = vec![
+                    (":org", &org),
+                    (":since", &since),
+                    (":before_at", &before_at),
+                    (":before_event", &before_event),
+                    (":before_row", &before_row),
+                    (":limit", &limit),
+                ];
+                if let Some(t) = event_type {
+                    params.push((":type", t));
+                }
+                if let Some(s) = &state {
+                    params.push((":state", s));
+                }
+                if let Some(row) = &endpoint_row {
+                    params.push((":endpoint", row));
+                }
+                let rows = collect_rows(c, &sql, params.as_slice())?
+                    .into_iter()
+                    .map(|(k, d)| ([k.event_at, k.event_row, k.row], d))
+                    .collect();
+                finish_page(rows, query.limit, &key, &scope)
+            }
+        };
         Ok(HistoryPage {
             deliveries,
             next_cursor,
@@ -471,9 +551,9 @@ pub(crate) fn events(db: &Database, org: &str, query: &EventQuery) -> Result<Eve
             since,
             until,
         };
-        let (before_at, before_row) = match &query.cursor {
-            Some(cursor) => decode_cursor(&key, &scope, cursor)?,
-            None => (until, i64::MIN),
+        let [before_at, before_row] = match &query.cursor {
+            Some(c) => cursor::decode(&key, &scope.bytes(), c)?,
+            None => [until, i64::MIN],
         };
         let (index, filter) = match query.event_type {
             Some(_) => ("keyhook_events_by_org_type", "AND event_type = :type"),
@@ -501,7 +581,7 @@ pub(crate) fn events(db: &Database, org: &str, query: &EventQuery) -> Result<Eve
         let rows = stmt
             .query_map(params.as_slice(), |r| {
                 Ok((
-                    r.get::<_, i64>(0)?,
+                    [r.get::<_, i64>(3)?, r.get::<_, i64>(0)?],
                     EventSummary {
                         id: r.get(1)?,
                         event_type: r.get(2)?,
@@ -511,7 +591,7 @@ pub(crate) fn events(db: &Database, org: &str, query: &EventQuery) -> Result<Eve
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        let (events, next_cursor) = finish_page(rows, query.limit, &key, &scope, |e| e.created_at);
+        let (events, next_cursor) = finish_page(rows, query.limit, &key, &scope);
         Ok(EventPage {
             events,
             next_cursor,
@@ -590,12 +670,15 @@ impl CursorScope<'_> {
     }
 }
 
+#[cfg(test)]
 fn encode_cursor(key: &[u8], scope: &CursorScope<'_>, at: i64, row: i64) -> String {
-    cursor::encode(key, &scope.bytes(), at, row)
+    cursor::encode(key, &scope.bytes(), [at, row])
 }
 
+#[cfg(test)]
 fn decode_cursor(key: &[u8], scope: &CursorScope<'_>, c: &str) -> Result<(i64, i64)> {
-    cursor::decode(key, &scope.bytes(), c)
+    let [at, row] = cursor::decode(key, &scope.bytes(), c)?;
+    Ok((at, row))
 }
 
 /// Counts for a dashboard.
@@ -646,8 +729,10 @@ pub(crate) fn endpoint_stats(db: &Database, org: &str, endpoint_id: &str) -> Res
 pub(crate) fn org_backlog(db: &Database, org: &str) -> Result<u64> {
     db.read(|c| {
         Ok(c.prepare_cached(
-            "SELECT COUNT(*) FROM keyhook_deliveries INDEXED BY keyhook_deliveries_by_org_state
-             WHERE org_id = ?1 AND state = 0",
+            "SELECT COUNT(*) FROM keyhook_endpoints e
+             CROSS JOIN keyhook_deliveries d INDEXED BY keyhook_deliveries_by_endpoint_state
+               ON d.endpoint_row = e.row_id AND d.state = 0
+             WHERE e.org_id = ?1",
         )?
         .query_row([org], |r| r.get(0))?)
     })
@@ -692,6 +777,41 @@ mod tests {
         assert!(decode_cursor(&key, &scope("org"), &URL_SAFE_NO_PAD.encode(raw)).is_err());
         for junk in ["", "!!!", "AAAA", &"A".repeat(500)] {
             assert!(decode_cursor(&key, &scope("org"), junk).is_err());
+        }
+    }
+
+    #[test]
+    fn event_ordered_pages_seek_and_never_sort() {
+        let db = Database::open_in_memory().unwrap();
+        for by_type in [false, true] {
+            for by_state in [false, true] {
+                for by_endpoint in [false, true] {
+                    let sql = by_event_sql(by_type, by_state, by_endpoint);
+                    let plan: Vec<String> = db
+                        .read(|c| {
+                            let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                            let rows = stmt.query_map(
+                                rusqlite::named_params! {
+                                    ":org": "o", ":type": "t", ":since": 0, ":before_at": 1,
+                                    ":before_event": 1, ":before_row": 1, ":limit": 5,
+                                    ":state": 0, ":endpoint": 1,
+                                }
+                                .iter()
+                                .filter(|(name, _)| sql.contains(name))
+                                .copied()
+                                .collect::<Vec<_>>()
+                                .as_slice(),
+                                |r| r.get::<_, String>(3),
+                            )?;
+                            Ok(rows.collect::<rusqlite::Result<_>>()?)
+                        })
+                        .unwrap();
+                    let plan = plan.join("\n");
+                    assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+                    assert!(plan.contains("SEARCH ev USING INDEX"), "{plan}");
+                    assert!(plan.contains("created_at<"), "seeks the position: {plan}");
+                }
+            }
         }
     }
 
