@@ -363,8 +363,9 @@ pub(crate) struct Stepped {
 
 /// One step of the dispatcher, in one transaction (one commit): store the
 /// emits handed to the pump, each in its own savepoint so a bad one fails
-/// alone; record finished attempts; claim new work, including what was
-/// just emitted.
+/// alone; record finished attempts (with `isolate`, each in a savepoint of
+/// its own: the pump asks for it after a step failed for one record);
+/// claim new work, including what was just emitted.
 ///
 /// The commit is not synced to disk here: emitters sync it before their
 /// emit returns, and workers before they send what it claimed (see
@@ -378,6 +379,7 @@ pub(crate) fn step(
     done: &[Completion],
     limits: &ClaimLimits,
     policy: &HealthPolicy,
+    isolate: bool,
 ) -> Result<Stepped> {
     let run = |tx: &Transaction<'_>| {
         let emitted = emits
@@ -387,7 +389,13 @@ pub(crate) fn step(
         let now = now_ms();
         let recorded = done
             .iter()
-            .map(|c| record_isolated(tx, c, now, policy))
+            .map(|c| {
+                if isolate {
+                    record_isolated(tx, c, now, policy)
+                } else {
+                    complete_one(tx, c, now, policy)
+                }
+            })
             .collect::<Result<Vec<_>>>()?;
         let claimed = claim_batch(tx, limits)?;
         Ok((emitted, recorded, claimed))
@@ -455,40 +463,44 @@ impl Recorded {
 /// Records one finished attempt in a savepoint of its own: a record that
 /// cannot be written (its row broke a constraint, a value the host edited
 /// does not read back, …) is dropped alone, and the others in the step
-/// stand. Errors of the whole transaction (the lock, I/O, a full disk, a
-/// corrupt or read-only file, memory) fail the step, and every attempt in
-/// it is kept for the next one.
+/// stand. Errors of the whole transaction fail the step, and every attempt
+/// in it is kept for the next one.
 fn record_isolated(
     tx: &Transaction<'_>,
     c: &Completion,
     now: i64,
     policy: &HealthPolicy,
 ) -> Result<Recorded> {
-    use rusqlite::ErrorCode as Code;
     match in_savepoint(tx, |tx| complete_one(tx, c, now, policy))? {
         Ok(recorded) => Ok(recorded),
-        Err(e) => {
-            let sqlite_code = match &e {
-                Error::Database(e) | Error::Locked(e) => e.sqlite_error_code(),
-                _ => None,
-            };
-            match sqlite_code {
-                Some(
-                    Code::DatabaseBusy
-                    | Code::DatabaseLocked
-                    | Code::SystemIoFailure
-                    | Code::DiskFull
-                    | Code::DatabaseCorrupt
-                    | Code::NotADatabase
-                    | Code::OutOfMemory
-                    | Code::ReadOnly
-                    | Code::CannotOpen
-                    | Code::FileLockingProtocolFailed,
-                ) => Err(e),
-                _ => Ok(Recorded::dropped(e.to_string())),
-            }
-        }
+        Err(e) if transaction_failed(&e) => Err(e),
+        Err(e) => Ok(Recorded::dropped(e.to_string())),
     }
+}
+
+/// Whether `e` failed a whole transaction (the lock, I/O, a full disk, a
+/// corrupt or read-only file, memory), rather than one statement's row.
+pub(crate) fn transaction_failed(e: &Error) -> bool {
+    use rusqlite::ErrorCode as Code;
+    let code = match e {
+        Error::Database(e) | Error::Locked(e) => e.sqlite_error_code(),
+        _ => return true,
+    };
+    matches!(
+        code,
+        Some(
+            Code::DatabaseBusy
+                | Code::DatabaseLocked
+                | Code::SystemIoFailure
+                | Code::DiskFull
+                | Code::DatabaseCorrupt
+                | Code::NotADatabase
+                | Code::OutOfMemory
+                | Code::ReadOnly
+                | Code::CannotOpen
+                | Code::FileLockingProtocolFailed
+        )
+    )
 }
 
 /// Leases due deliveries with atomic `UPDATE … RETURNING` statements: each
@@ -843,16 +855,22 @@ fn complete_one(
 ) -> Result<Recorded> {
     let (claimed, response, target) = (&c.claimed, &c.response, &c.claimed.target);
     let mut notices = Vec::new();
-    if !tx
-        .prepare_cached("SELECT 1 FROM keyhook_deliveries WHERE row_id = ?1")?
-        .exists([claimed.delivery_row])?
-    {
-        return Ok(Recorded::dropped(
-            "the delivery no longer exists (its endpoint was deleted, or it was purged)".into(),
-        ));
-    }
+    // Checked only when an update changed nothing (the rare path).
+    let gone = || -> Result<Option<Recorded>> {
+        let exists = tx
+            .prepare_cached("SELECT 1 FROM keyhook_deliveries WHERE row_id = ?1")?
+            .exists([claimed.delivery_row])?;
+        Ok((!exists).then(|| {
+            Recorded::dropped(
+                "the delivery no longer exists (its endpoint was deleted, or it was purged)".into(),
+            )
+        }))
+    };
     if c.next == Next::NotSent {
         let applied = give_back(tx, claimed, now)?;
+        if !applied && let Some(dropped) = gone()? {
+            return Ok(dropped);
+        }
         return Ok(Recorded {
             applied,
             notices,
@@ -891,6 +909,9 @@ fn complete_one(
             now
         ])? > 0
     };
+    if !applied && let Some(dropped) = gone()? {
+        return Ok(dropped);
+    }
     let duration_ms = response.duration.as_millis() as i64;
     let started = now - duration_ms;
     tx.prepare_cached(

@@ -201,8 +201,8 @@ pub(crate) struct Jobs {
 struct JobQueue {
     queue: VecDeque<Claimed>,
     closed: bool,
-    /// Workers waiting for a job.
-    idle: usize,
+    /// Workers making an attempt now.
+    busy: usize,
 }
 
 impl Jobs {
@@ -232,10 +232,16 @@ impl Jobs {
         self.lock().queue.drain(..).collect()
     }
 
-    /// Workers that would start a job pushed now.
-    fn free_workers(&self) -> usize {
+    /// Of `workers`, those that would start a job pushed now.
+    fn free_workers(&self, workers: usize) -> usize {
         let g = self.lock();
-        g.idle.saturating_sub(g.queue.len())
+        workers.saturating_sub(g.busy + g.queue.len())
+    }
+
+    /// A worker finished the job [`next`](Self::next) gave it.
+    fn done(&self) {
+        let mut g = self.lock();
+        g.busy = g.busy.saturating_sub(1);
     }
 
     pub(crate) fn close(&self) {
@@ -248,14 +254,13 @@ impl Jobs {
         let mut g = self.lock();
         loop {
             if let Some(job) = g.queue.pop_front() {
+                g.busy += 1;
                 return Some(job);
             }
             if g.closed {
                 return None;
             }
-            g.idle += 1;
             g = self.cond.wait(g).unwrap_or_else(|e| e.into_inner());
-            g.idle -= 1;
         }
     }
 }
@@ -282,6 +287,7 @@ pub(crate) fn run_worker(shared: Arc<Shared>) {
         } else {
             attempt(&shared, &claimed)
         };
+        shared.jobs.done();
         shared.pump.finished(Completion {
             claimed,
             response,
@@ -498,7 +504,7 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             // process that dies holding them unsent would hold them back.
             max_limited: limited_capacity
                 .saturating_sub(held.limited())
-                .min(shared.jobs.free_workers()),
+                .min(shared.jobs.free_workers(workers)),
             max_failing: failing_capacity.saturating_sub(held.failing),
             per_endpoint: shared.config.limited_in_flight,
             lease_ms: shared.lease_ms,
@@ -534,7 +540,24 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             &unrecorded,
             &limits,
             &policy,
+            false,
         );
+        if let Err(e) = &stepped
+            && !unrecorded.is_empty()
+            && !queue::transaction_failed(e)
+        {
+            // One record could not be written: try again with each in a
+            // savepoint of its own, so it is dropped alone.
+            stepped = queue::step(
+                &shared.db,
+                &batch,
+                &emit_limits,
+                &unrecorded,
+                &limits,
+                &policy,
+                true,
+            );
+        }
         if let Err(e @ Error::Locked(_)) = &stepped
             && !emits.is_empty()
         {
@@ -567,7 +590,15 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
                     .send(emitted.map(|e| (e, CommitMark::default())));
             }
             maybe_more = true;
-            stepped = queue::step(&shared.db, &[], &emit_limits, &unrecorded, &limits, &policy);
+            stepped = queue::step(
+                &shared.db,
+                &[],
+                &emit_limits,
+                &unrecorded,
+                &limits,
+                &policy,
+                true,
+            );
         }
         match stepped {
             Ok(Stepped {
