@@ -533,30 +533,25 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             .iter()
             .map(|r| (r.org.as_str(), r.events.as_slice()))
             .collect();
-        let mut stepped = queue::step(
-            &shared.db,
-            &batch,
-            &emit_limits,
-            &unrecorded,
-            &limits,
-            &policy,
-            false,
-        );
+        let run_step = |emits: &[(&str, &[NewEvent])], isolate: bool| {
+            queue::step(
+                &shared.db,
+                emits,
+                &emit_limits,
+                &unrecorded,
+                &limits,
+                &policy,
+                isolate,
+            )
+        };
+        let mut stepped = run_step(&batch, false);
         if let Err(e) = &stepped
             && !unrecorded.is_empty()
             && !queue::transaction_failed(e)
         {
             // One record could not be written: try again with each in a
             // savepoint of its own, so it is dropped alone.
-            stepped = queue::step(
-                &shared.db,
-                &batch,
-                &emit_limits,
-                &unrecorded,
-                &limits,
-                &policy,
-                true,
-            );
+            stepped = run_step(&batch, true);
         }
         if let Err(e @ Error::Locked(_)) = &stepped
             && !emits.is_empty()
@@ -590,15 +585,7 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
                     .send(emitted.map(|e| (e, CommitMark::default())));
             }
             maybe_more = true;
-            stepped = queue::step(
-                &shared.db,
-                &[],
-                &emit_limits,
-                &unrecorded,
-                &limits,
-                &policy,
-                true,
-            );
+            stepped = run_step(&[], true);
         }
         match stepped {
             Ok(Stepped {
