@@ -206,6 +206,9 @@ const V2: &str = r#"
     UPDATE keyhook_deliveries SET id = 'dlv_' || row_id;
     CREATE UNIQUE INDEX keyhook_deliveries_by_id ON keyhook_deliveries (id);
 
+    -- Limited endpoints take turns: the one claimed longest ago goes first.
+    ALTER TABLE keyhook_endpoints ADD COLUMN limited_claimed_at INTEGER;
+
     -- A disabled endpoint's pending deliveries are parked (next_attempt_at
     -- NULL): never due, and out of the index the claims walk.
     UPDATE keyhook_deliveries SET next_attempt_at = NULL, leased = 0

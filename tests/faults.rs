@@ -604,3 +604,47 @@ fn a_disabled_endpoint_s_pending_deliveries_are_parked_until_enabled() {
     assert_eq!(rx.count(), 1);
     d.shutdown(WAIT).unwrap();
 }
+
+/// Endpoints not known to be healthy take turns at the limited slots: one
+/// with a large failing backlog cannot keep a slot from another failing
+/// endpoint (two workers: one limited slot).
+#[test]
+fn failing_endpoints_take_turns_at_the_limited_slot() {
+    let (t, _db, registry) = setup(Duration::from_secs(5));
+    let rx = Receiver::start(|_| Reply::status(500).delay(Duration::from_millis(100)));
+    endpoint(&registry, ORG, &rx.url("/big"), &[TYPE]);
+    endpoint(&registry, "org_small", &rx.url("/small"), &[TYPE]);
+    let d = builder(&t, &registry)
+        .workers(2)
+        .retry_policy(schedule(10, Duration::ZERO).throttle_delay(Duration::ZERO))
+        .start()
+        .unwrap();
+    for i in 0..20 {
+        d.emit(ORG, TYPE, &json!({ "i": i })).unwrap();
+    }
+    d.emit("org_small", TYPE, &json!({})).unwrap();
+    assert!(
+        wait_until(WAIT, || rx
+            .received()
+            .iter()
+            .filter(|r| r.path == "/small")
+            .count()
+            >= 3),
+        "the small endpoint got {} attempts",
+        rx.received().iter().filter(|r| r.path == "/small").count()
+    );
+    let paths: Vec<String> = rx.received().into_iter().map(|r| r.path).collect();
+    let third_small = paths
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| *p == "/small")
+        .nth(2)
+        .unwrap()
+        .0;
+    let big_before = paths[..third_small].iter().filter(|p| *p == "/big").count();
+    assert!(
+        big_before <= 6,
+        "{big_before} attempts to the big backlog before the small endpoint's third: {paths:?}"
+    );
+    let _ = d.shutdown(Duration::from_secs(5));
+}

@@ -555,6 +555,13 @@ pub(crate) fn claim_batch(conn: &Connection, limits: &ClaimLimits) -> Result<Vec
         if failing > 0 {
             rows.extend(run(limited_sql, failing, true)?);
         }
+        // Their turn is taken.
+        let mut taken = conn.prepare_cached(
+            "UPDATE keyhook_endpoints SET limited_claimed_at = ?2 WHERE row_id = ?1",
+        )?;
+        for (_, _, endpoint_row, _) in &rows {
+            taken.execute(params![endpoint_row, now])?;
+        }
     }
     if rows.len() < limits.max && due > 0 {
         rows.extend(run(CLAIM_HEALTHY_SQL, limits.max - rows.len(), false)?);
@@ -695,7 +702,9 @@ macro_rules! with_window_endpoints {
 }
 
 /// The oldest due delivery of each limited endpoint with a free slot:
-/// failing endpoints when `?5` is true, new ones when false.
+/// failing endpoints when `?5` is true, new ones when false. Endpoints take
+/// turns (the one claimed longest ago first), so one with a large backlog
+/// cannot keep the slots from the others.
 macro_rules! limited_claim {
     ($endpoints:ident) => {
         lease!(
@@ -715,7 +724,7 @@ macro_rules! limited_claim {
                         WHERE x.endpoint_row = e.row_id AND x.state = 0 AND x.leased = 2
                           AND x.next_attempt_at > ?1) < ?4
                    AND next_row IS NOT NULL
-                 ORDER BY next_row
+                 ORDER BY e.limited_claimed_at NULLS FIRST, next_row
                  LIMIT (SELECT ?3)"
             )
         )
