@@ -372,16 +372,16 @@ impl Database {
         // One busy timeout covers the wait for this process's writer and
         // for SQLite's lock together: writers queued behind a lock held
         // elsewhere fail after one timeout each, not after their turns.
+        // (Background work waits its turn on purpose: not counted.)
         let busy = inner.settings.busy_timeout;
         let waited = queued_at.elapsed();
-        let shortened = waited > Duration::from_millis(1);
-        if shortened {
+        let value = if turn == Turn::Writer && waited > Duration::from_millis(1) {
             conn.busy_timeout(busy.saturating_sub(waited))?;
-        }
-        let value = immediate(conn, f);
-        if shortened {
-            conn.busy_timeout(busy)?;
-        }
+            let restore = RestoreBusy(conn, busy);
+            immediate(restore.0, f)
+        } else {
+            immediate(conn, f)
+        };
         let value = value?;
         let mark = inner.commits.fetch_add(1, Ordering::SeqCst) + 1;
         Ok((value, CommitMark(mark)))
@@ -465,6 +465,17 @@ fn sync_failed_error() -> Error {
     Error::Io(std::io::Error::other(
         "an earlier sync of the database to disk failed; open the database again",
     ))
+}
+
+/// Puts a connection's busy timeout back when dropped (a panic included).
+struct RestoreBusy<'a>(&'a mut Connection, Duration);
+
+impl Drop for RestoreBusy<'_> {
+    fn drop(&mut self) {
+        // Nothing to report if it fails: the commit already stands, and
+        // the next write sets it again if it must.
+        let _ = self.0.busy_timeout(self.1);
+    }
 }
 
 /// How a write transaction waits for its turn.

@@ -648,3 +648,39 @@ fn failing_endpoints_take_turns_at_the_limited_slot() {
     );
     let _ = d.shutdown(Duration::from_secs(5));
 }
+
+/// A new endpoint's delivery is not held back by healthy work queued ahead
+/// of the workers, nor by the poll interval: the next worker to finish
+/// takes it.
+#[test]
+fn a_new_endpoint_is_served_while_healthy_work_is_queued() {
+    let (t, _db, registry) = setup(Duration::from_secs(5));
+    let busy_rx = Receiver::start(|_| Reply::status(204).delay(Duration::from_millis(200)));
+    let new_rx = Receiver::ok();
+    registry
+        .register_event_type("other.type", "For the new endpoint")
+        .unwrap();
+    endpoint(&registry, ORG, &busy_rx.url("/busy"), &[TYPE]);
+    let d = builder(&t, &registry)
+        .workers(2)
+        .poll_interval(Duration::from_secs(3))
+        .start()
+        .unwrap();
+    // Proven healthy, then a queue of slow healthy work.
+    let warm = d.emit(ORG, TYPE, &json!({})).unwrap();
+    wait_delivered(&d, &warm);
+    for i in 0..30 {
+        d.emit(ORG, TYPE, &json!({ "i": i })).unwrap();
+    }
+    assert!(busy_rx.wait_for(3, WAIT));
+    endpoint(&registry, "org_new", &new_rx.url("/new"), &["other.type"]);
+    let emitted = Instant::now();
+    d.emit("org_new", "other.type", &json!({})).unwrap();
+    assert!(new_rx.wait_for(1, WAIT));
+    let waited = new_rx.received()[0].at - emitted;
+    assert!(
+        waited < Duration::from_millis(1500),
+        "the new endpoint waited {waited:?} behind healthy work"
+    );
+    let _ = d.shutdown(Duration::from_secs(10));
+}

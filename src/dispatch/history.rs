@@ -92,15 +92,18 @@ pub struct Attempt {
 pub struct HistoryQuery {
     /// Only deliveries in this state.
     pub state: Option<DeliveryState>,
-    /// Only deliveries of events of this type. Filtered by type, and across
-    /// an organization ([`Dispatcher::org_history`](super::Dispatcher::org_history)),
-    /// pages follow the events (newest first, through their indexes) with
-    /// each event's deliveries; a state filter then skips deliveries in
-    /// other states, so its cost grows with how rare the state is.
+    /// Only deliveries of events of this type. An endpoint's page then
+    /// skips its deliveries of other types; across an organization
+    /// ([`Dispatcher::org_history`](super::Dispatcher::org_history)) pages
+    /// follow the events of the type (newest first, through their index)
+    /// with each event's deliveries. There, a state filter skips
+    /// deliveries in other states: its cost grows with how rare the state
+    /// is.
     pub event_type: Option<String>,
-    /// Only deliveries created at or after this time.
+    /// Only deliveries of events emitted at or after this time (a
+    /// delivery is dated by its event, replayed ones included).
     pub since: Option<SystemTime>,
-    /// Only deliveries created before this time.
+    /// Only deliveries of events emitted before this time.
     pub until: Option<SystemTime>,
     /// Deliveries per page, 1 to [`MAX_PAGE_SIZE`]. Default: 50.
     pub limit: usize,
@@ -293,19 +296,14 @@ fn finish_page<T, const N: usize>(
 
 /// A page of deliveries in event order: the organization's events newest
 /// first (of one type when `by_type`), each with its deliveries (in one
-/// state, to one endpoint).
-fn by_event_sql(by_type: bool, by_state: bool, by_endpoint: bool) -> String {
+/// state when `by_state`).
+fn by_event_sql(by_type: bool, by_state: bool) -> String {
     let (index, type_filter) = if by_type {
         ("keyhook_events_by_org_type", "AND ev.event_type = :type")
     } else {
         ("keyhook_events_by_org", "")
     };
     let state_filter = if by_state { "AND d.state = :state" } else { "" };
-    let endpoint_filter = if by_endpoint {
-        "AND d.endpoint_row = :endpoint"
-    } else {
-        ""
-    };
     format!(
         "SELECT {DELIVERY_COLUMNS}
          FROM keyhook_events ev INDEXED BY {index}
@@ -316,7 +314,7 @@ fn by_event_sql(by_type: bool, by_state: bool, by_endpoint: bool) -> String {
            AND (ev.created_at, ev.row_id) <= (:before_at, :before_event)
            AND ((ev.created_at, ev.row_id) < (:before_at, :before_event)
                 OR d.row_id < :before_row)
-           {state_filter} {endpoint_filter}
+           {state_filter}
          ORDER BY ev.created_at DESC, ev.row_id DESC, d.row_id DESC LIMIT :limit"
     )
 }
@@ -350,9 +348,10 @@ pub(crate) fn history(
         };
         let limit = query.limit as i64 + 1;
         let state = query.state.map(DeliveryState::code);
-        let (deliveries, next_cursor) = match (endpoint_row, &query.event_type) {
-            // One endpoint's deliveries, newest first, through its own indexes.
-            (Some(row), None) => {
+        let (deliveries, next_cursor) = match endpoint_row {
+            // One endpoint's deliveries, newest first, through its own
+            // indexes (a type filter skips the endpoint's other types).
+            Some(row) => {
                 let [before_at, before_row] = match &query.cursor {
                     Some(c) => cursor::decode(&key, &scope.bytes(), c)?,
                     None => [until, i64::MIN],
@@ -364,8 +363,13 @@ pub(crate) fn history(
                     ),
                     None => ("keyhook_deliveries_by_endpoint", ""),
                 };
+                let type_filter = if query.event_type.is_some() {
+                    "AND ev.event_type = :type"
+                } else {
+                    ""
+                };
                 let sql = format!(
-                    "{} WHERE d.endpoint_row = :endpoint {filter}
+                    "{} WHERE d.endpoint_row = :endpoint {filter} {type_filter}
                        AND d.created_at >= :since
                        AND (d.created_at, d.row_id) < (:before_at, :before_row)
                      ORDER BY d.created_at DESC, d.row_id DESC LIMIT :limit",
@@ -381,6 +385,9 @@ pub(crate) fn history(
                 if let Some(s) = &state {
                     params.push((":state", s));
                 }
+                if let Some(t) = &query.event_type {
+                    params.push((":type", t));
+                }
                 let rows = collect_rows(c, &sql, params.as_slice())?
                     .into_iter()
                     .map(|(k, d)| ([to_ms(d.created_at), k.row], d))
@@ -388,19 +395,16 @@ pub(crate) fn history(
                 finish_page(rows, query.limit, &key, &scope)
             }
             // The organization's events newest first (of the type), each
-            // with its deliveries (to the endpoint), through the events'
-            // indexes: deliveries need no index per filter, which would cost
-            // every delivery write.
-            (endpoint_row, event_type) => {
+            // with its deliveries, through the events' indexes: deliveries
+            // need no index per filter, which would cost every delivery
+            // write.
+            None => {
+                let event_type = &query.event_type;
                 let [before_at, before_event, before_row] = match &query.cursor {
                     Some(c) => cursor::decode(&key, &scope.bytes(), c)?,
                     None => [until, i64::MIN, i64::MIN],
                 };
-                let sql = by_event_sql(
-                    event_type.is_some(),
-                    state.is_some(),
-                    endpoint_row.is_some(),
-                );
+                let sql = by_event_sql(event_type.is_some(), state.is_some());
                 let mut params: Vec<(&str, &dyn rusqlite::ToSql)> = vec![
                     (":org", &org),
                     (":since", &since),
@@ -414,9 +418,6 @@ pub(crate) fn history(
                 }
                 if let Some(s) = &state {
                     params.push((":state", s));
-                }
-                if let Some(row) = &endpoint_row {
-                    params.push((":endpoint", row));
                 }
                 let rows = collect_rows(c, &sql, params.as_slice())?
                     .into_iter()
@@ -785,8 +786,8 @@ mod tests {
         let db = Database::open_in_memory().unwrap();
         for by_type in [false, true] {
             for by_state in [false, true] {
-                for by_endpoint in [false, true] {
-                    let sql = by_event_sql(by_type, by_state, by_endpoint);
+                {
+                    let sql = by_event_sql(by_type, by_state);
                     let plan: Vec<String> = db
                         .read(|c| {
                             let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
@@ -794,7 +795,7 @@ mod tests {
                                 rusqlite::named_params! {
                                     ":org": "o", ":type": "t", ":since": 0, ":before_at": 1,
                                     ":before_event": 1, ":before_row": 1, ":limit": 5,
-                                    ":state": 0, ":endpoint": 1,
+                                    ":state": 0,
                                 }
                                 .iter()
                                 .filter(|(name, _)| sql.contains(name))

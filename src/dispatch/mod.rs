@@ -360,6 +360,10 @@ impl DispatcherBuilder {
         if self.workers == 0 {
             return Ok(dispatcher);
         }
+        // What a crash left due for disabled endpoints, parked again.
+        if let Err(e) = queue::park_stale(&shared.db) {
+            log::warn!("keyhook: could not park disabled endpoints' deliveries: {e}");
+        }
         let workers = self.workers;
         // Every thread reports a panic that escapes it: the dispatcher
         // stops, and says why (health, shutdown, the log).

@@ -294,10 +294,10 @@ pub(crate) fn replay_missing(
                          state, next_attempt_at, created_at, updated_at)
                      SELECT ",
                     new_delivery_id!("?6"),
-                    ", ev.row_id, e.row_id, ev.org_id, 0, ?6, ?6, ?6
+                    ", ev.row_id, e.row_id, ev.org_id, 0, ?6, ev.created_at, ?6
                      FROM keyhook_endpoints e
                      CROSS JOIN keyhook_events ev INDEXED BY keyhook_events_by_org
-                     WHERE e.row_id = ?2 AND ev.org_id = ?1 AND ev.test = 0
+                     WHERE e.row_id = ?2 AND e.enabled = 1 AND ev.org_id = ?1 AND ev.test = 0
                        AND (ev.created_at, ev.row_id) > (?3, ?4)
                        AND (ev.created_at, ev.row_id) <= (?5, ?7)
                        AND (e.all_event_types = 1 OR EXISTS (
@@ -515,6 +515,9 @@ pub(crate) fn transaction_failed(e: &Error) -> bool {
 /// follows the endpoints that have pending deliveries, never the number
 /// registered.
 pub(crate) fn claim_batch(conn: &Connection, limits: &ClaimLimits) -> Result<Vec<Claimed>> {
+    if limits.max == 0 {
+        return Ok(Vec::new());
+    }
     let now = now_ms();
     let lease_until = now + limits.lease_ms;
     // The oldest due deliveries the fast scan looks at.
@@ -1133,6 +1136,20 @@ pub(crate) fn purge(db: &Database, cutoff: i64, stop: &dyn Fn() -> bool) -> Resu
             None => return Ok(report),
         }
     }
+}
+
+/// Parks due deliveries of disabled endpoints that a crash left due (their
+/// attempts were never recorded). Run when a dispatcher starts.
+pub(crate) fn park_stale(db: &Database) -> Result<usize> {
+    db.write(|tx| {
+        Ok(tx
+            .prepare_cached(
+                "UPDATE keyhook_deliveries SET next_attempt_at = NULL, leased = 0
+                 WHERE state = 0 AND next_attempt_at <= ?1
+                   AND endpoint_row IN (SELECT row_id FROM keyhook_endpoints WHERE enabled = 0)",
+            )?
+            .execute([now_ms()])?)
+    })
 }
 
 /// When the earliest pending delivery is due (leases included), if any.

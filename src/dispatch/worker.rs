@@ -232,10 +232,17 @@ impl Jobs {
         self.lock().queue.drain(..).collect()
     }
 
-    /// Of `workers`, those that would start a job pushed now.
+    /// Of `workers`, those that a job to a limited endpoint pushed now
+    /// would reach first (they go to the front of the queue): the ones not
+    /// busy and not taken by limited jobs already queued.
     fn free_workers(&self, workers: usize) -> usize {
         let g = self.lock();
-        workers.saturating_sub(g.busy + g.queue.len())
+        let limited_queued = g
+            .queue
+            .iter()
+            .take_while(|job| job.target.health.limited())
+            .count();
+        workers.saturating_sub(g.busy + limited_queued)
     }
 
     /// A worker finished the job [`next`](Self::next) gave it.
@@ -420,6 +427,9 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
     let mut last_generation = u64::MAX;
     let mut told_sync_failed = false;
     let mut stopping_since: Option<Instant> = None;
+    // A limited slot was free but no worker was: the next finished
+    // attempt frees one, so it is a reason to claim.
+    let mut limited_blocked = false;
     let policy = shared.health_policy();
     let emit_limits = shared.emit_limits();
     ON_PUMP.with(|p| p.set(true));
@@ -437,10 +447,11 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             // Claimable work may exist: after an emit, or when a finished
             // attempt frees a slot at a limited endpoint, proves a new one,
             // or gives a job back.
-            let unlocks = st
-                .done
-                .iter()
-                .any(|c| c.claimed.target.health.limited() || c.next == Next::NotSent);
+            let unlocks = (limited_blocked && !st.done.is_empty())
+                || st
+                    .done
+                    .iter()
+                    .any(|c| c.claimed.target.health.limited() || c.next == Next::NotSent);
             let could_claim = maybe_more || unlocks || st.generation != last_generation;
             // Record now if work should be claimed (the queue is half empty
             // or a worker is idle), or if the oldest finished attempt waited
@@ -491,6 +502,9 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
         }
         let in_flight = held.len();
         let free = capacity - in_flight;
+        let limited_slots = limited_capacity.saturating_sub(held.limited());
+        let free_workers = shared.jobs.free_workers(workers);
+        limited_blocked = limited_slots > 0 && free_workers == 0;
         let limits = ClaimLimits {
             // Refill in chunks (half the queue, or when a worker is idle), so
             // a commit serves several deliveries.
@@ -499,12 +513,10 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             } else {
                 free
             },
-            // Claimed only for a worker that starts them at once: from
-            // their claim on they count as in flight (everywhere), and a
-            // process that dies holding them unsent would hold them back.
-            max_limited: limited_capacity
-                .saturating_sub(held.limited())
-                .min(shared.jobs.free_workers(workers)),
+            // Claimed only for a worker that takes them next: from their
+            // claim on they count as in flight (everywhere), and a process
+            // that dies holding them unsent would hold them back.
+            max_limited: limited_slots.min(free_workers),
             max_failing: failing_capacity.saturating_sub(held.failing),
             per_endpoint: shared.config.limited_in_flight,
             lease_ms: shared.lease_ms,
