@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use common::{
     TempDb, assert_invalid_input, assert_not_found_id, builder, endpoint, loopback_setup,
-    verify_signed, wait_until,
+    set_enabled, verify_signed, wait_until,
 };
 use keyhook::{
     DeliveryState, Dispatcher, EndpointUpdate, Error, EventQuery, EventTypeUpdate, HistoryQuery,
@@ -151,16 +151,7 @@ fn bad_test_events_are_refused_and_store_nothing() {
         ),
         Err(Error::PayloadTooLarge { .. })
     ));
-    registry
-        .update(
-            ORG,
-            &ep.endpoint.id,
-            EndpointUpdate {
-                enabled: Some(false),
-                ..EndpointUpdate::default()
-            },
-        )
-        .unwrap();
+    set_enabled(&registry, ORG, &ep.endpoint.id, false);
     assert!(matches!(
         d.send_test_event(ORG, &ep.endpoint.id, CREATED, None),
         Err(Error::InvalidState {
@@ -177,18 +168,7 @@ fn events_emitted_while_disabled_are_replayed_once_on_request() {
     let rx = Receiver::ok();
     let ep = endpoint(&registry, ORG, &rx.url("/"), &[CREATED]);
     let d = builder(&t, &registry).start().unwrap();
-    let disable = |enabled: bool| {
-        registry
-            .update(
-                ORG,
-                &ep.endpoint.id,
-                EndpointUpdate {
-                    enabled: Some(enabled),
-                    ..EndpointUpdate::default()
-                },
-            )
-            .unwrap();
-    };
+    let disable = |enabled: bool| set_enabled(&registry, ORG, &ep.endpoint.id, enabled);
     disable(false);
     let missed: Vec<String> = (0..3)
         .map(|i| d.emit(ORG, CREATED, &json!({ "i": i })).unwrap())

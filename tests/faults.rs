@@ -15,11 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{TempDb, builder, endpoint, loopback_registry, schedule, wait_until};
-use keyhook::{
-    Database, DeliveryState, Dispatcher, EndpointUpdate, Error, NewEvent, RetryPolicy,
-    WebhookRegistry,
-};
+use common::{TempDb, builder, endpoint, loopback_registry, schedule, set_enabled, wait_until};
+use keyhook::{Database, DeliveryState, Dispatcher, Error, NewEvent, RetryPolicy, WebhookRegistry};
 use receiver::{Receiver, Reply};
 use serde_json::json;
 
@@ -185,18 +182,7 @@ fn deleting_an_endpoint_mid_attempt_affects_only_it() {
 
 #[test]
 fn disabling_an_endpoint_mid_attempt_affects_only_it() {
-    endpoint_changed_mid_attempt(|registry, id| {
-        registry
-            .update(
-                ORG,
-                id,
-                EndpointUpdate {
-                    enabled: Some(false),
-                    ..EndpointUpdate::default()
-                },
-            )
-            .unwrap();
-    });
+    endpoint_changed_mid_attempt(|registry, id| set_enabled(registry, ORG, id, false));
 }
 
 /// Defect 3 (time arithmetic): absurd durations are refused when the
@@ -578,16 +564,7 @@ fn a_disabled_endpoint_s_pending_deliveries_are_parked_until_enabled() {
         .start()
         .unwrap();
     let id = emitter.emit(ORG, TYPE, &json!({})).unwrap();
-    registry
-        .update(
-            ORG,
-            &ep.endpoint.id,
-            EndpointUpdate {
-                enabled: Some(false),
-                ..EndpointUpdate::default()
-            },
-        )
-        .unwrap();
+    set_enabled(&registry, ORG, &ep.endpoint.id, false);
     let parked = &emitter.event_deliveries(ORG, &id).unwrap()[0];
     assert_eq!(parked.state, DeliveryState::Pending);
     assert_eq!(parked.next_attempt_at, None, "not due while disabled");

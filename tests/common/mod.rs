@@ -87,6 +87,20 @@ pub fn endpoint(
         .unwrap()
 }
 
+/// Enables or disables an endpoint, as its owner would on the settings page.
+pub fn set_enabled(registry: &WebhookRegistry, org: &str, endpoint_id: &str, enabled: bool) {
+    registry
+        .update(
+            org,
+            endpoint_id,
+            keyhook::EndpointUpdate {
+                enabled: Some(enabled),
+                ..keyhook::EndpointUpdate::default()
+            },
+        )
+        .unwrap();
+}
+
 /// `attempts` attempts: immediately, then every `gap`; no jitter; a short
 /// throttle delay.
 pub fn schedule(attempts: usize, gap: Duration) -> RetryPolicy {
