@@ -640,7 +640,7 @@ fn a_new_endpoint_is_served_while_healthy_work_is_queued() {
     endpoint(&registry, ORG, &busy_rx.url("/busy"), &[TYPE]);
     let d = builder(&t, &registry)
         .workers(2)
-        .poll_interval(Duration::from_secs(3))
+        .poll_interval(Duration::from_secs(6))
         .start()
         .unwrap();
     // Proven healthy, then a queue of slow healthy work.
@@ -655,8 +655,9 @@ fn a_new_endpoint_is_served_while_healthy_work_is_queued() {
     d.emit("org_new", "other.type", &json!({})).unwrap();
     assert!(new_rx.wait_for(1, WAIT));
     let waited = new_rx.received()[0].at - emitted;
+    // Well within the poll interval: the next worker to finish took it.
     assert!(
-        waited < Duration::from_millis(1500),
+        waited < Duration::from_secs(3),
         "the new endpoint waited {waited:?} behind healthy work"
     );
     let _ = d.shutdown(Duration::from_secs(10));

@@ -201,8 +201,6 @@ pub(crate) struct Jobs {
 struct JobQueue {
     queue: VecDeque<Claimed>,
     closed: bool,
-    /// Workers making an attempt now.
-    busy: usize,
 }
 
 impl Jobs {
@@ -232,25 +230,6 @@ impl Jobs {
         self.lock().queue.drain(..).collect()
     }
 
-    /// Of `workers`, those that a job to a limited endpoint pushed now
-    /// would reach first (they go to the front of the queue): the ones not
-    /// busy and not taken by limited jobs already queued.
-    fn free_workers(&self, workers: usize) -> usize {
-        let g = self.lock();
-        let limited_queued = g
-            .queue
-            .iter()
-            .take_while(|job| job.target.health.limited())
-            .count();
-        workers.saturating_sub(g.busy + limited_queued)
-    }
-
-    /// A worker finished the job [`next`](Self::next) gave it.
-    fn done(&self) {
-        let mut g = self.lock();
-        g.busy = g.busy.saturating_sub(1);
-    }
-
     pub(crate) fn close(&self) {
         self.lock().closed = true;
         self.cond.notify_all();
@@ -261,7 +240,6 @@ impl Jobs {
         let mut g = self.lock();
         loop {
             if let Some(job) = g.queue.pop_front() {
-                g.busy += 1;
                 return Some(job);
             }
             if g.closed {
@@ -294,7 +272,6 @@ pub(crate) fn run_worker(shared: Arc<Shared>) {
         } else {
             attempt(&shared, &claimed)
         };
-        shared.jobs.done();
         shared.pump.finished(Completion {
             claimed,
             response,
@@ -427,9 +404,6 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
     let mut last_generation = u64::MAX;
     let mut told_sync_failed = false;
     let mut stopping_since: Option<Instant> = None;
-    // A limited slot was free but no worker was: the next finished
-    // attempt frees one, so it is a reason to claim.
-    let mut limited_blocked = false;
     let policy = shared.health_policy();
     let emit_limits = shared.emit_limits();
     ON_PUMP.with(|p| p.set(true));
@@ -447,11 +421,10 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             // Claimable work may exist: after an emit, or when a finished
             // attempt frees a slot at a limited endpoint, proves a new one,
             // or gives a job back.
-            let unlocks = (limited_blocked && !st.done.is_empty())
-                || st
-                    .done
-                    .iter()
-                    .any(|c| c.claimed.target.health.limited() || c.next == Next::NotSent);
+            let unlocks = st
+                .done
+                .iter()
+                .any(|c| c.claimed.target.health.limited() || c.next == Next::NotSent);
             let could_claim = maybe_more || unlocks || st.generation != last_generation;
             // Record now if work should be claimed (the queue is half empty
             // or a worker is idle), or if the oldest finished attempt waited
@@ -502,9 +475,6 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
         }
         let in_flight = held.len();
         let free = capacity - in_flight;
-        let limited_slots = limited_capacity.saturating_sub(held.limited());
-        let free_workers = shared.jobs.free_workers(workers);
-        limited_blocked = limited_slots > 0 && free_workers == 0;
         let limits = ClaimLimits {
             // Refill in chunks (half the queue, or when a worker is idle), so
             // a commit serves several deliveries.
@@ -513,10 +483,10 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             } else {
                 free
             },
-            // Claimed only for a worker that takes them next: from their
-            // claim on they count as in flight (everywhere), and a process
-            // that dies holding them unsent would hold them back.
-            max_limited: limited_slots.min(free_workers),
+            // At most all workers but one; they go to the front of the
+            // queue, so the next worker to finish takes them (from their
+            // claim on they count as in flight, everywhere).
+            max_limited: limited_capacity.saturating_sub(held.limited()),
             max_failing: failing_capacity.saturating_sub(held.failing),
             per_endpoint: shared.config.limited_in_flight,
             lease_ms: shared.lease_ms,
