@@ -208,6 +208,9 @@ const V2: &str = r#"
 
     -- Limited endpoints take turns: the one claimed longest ago goes first.
     ALTER TABLE keyhook_endpoints ADD COLUMN limited_claimed_at INTEGER;
+    -- Claims find limited endpoints through their pending deliveries now;
+    -- this index was only kept up to date.
+    DROP INDEX keyhook_endpoints_limited;
 
     -- A disabled endpoint's pending deliveries are parked (next_attempt_at
     -- NULL): never due, and out of the index the claims walk.
