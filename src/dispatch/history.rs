@@ -236,6 +236,24 @@ pub(crate) fn attempts(c: &Connection, delivery_row: i64) -> Result<Vec<Attempt>
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// The endpoint's row, if `org` has it and it is enabled.
+pub(crate) fn enabled_endpoint_row(c: &Connection, org: &str, endpoint_id: &str) -> Result<i64> {
+    let row = endpoint_row(c, org, endpoint_id)?;
+    let enabled: bool = c.query_row(
+        "SELECT enabled FROM keyhook_endpoints WHERE row_id = ?1",
+        [row],
+        |r| r.get(0),
+    )?;
+    if !enabled {
+        return Err(Error::InvalidState {
+            kind: "endpoint",
+            id: endpoint_id.to_owned(),
+            state: "disabled",
+        });
+    }
+    Ok(row)
+}
+
 /// The endpoint's row, if `org` has it.
 pub(crate) fn endpoint_row(c: &Connection, org: &str, endpoint_id: &str) -> Result<i64> {
     c.prepare_cached("SELECT row_id FROM keyhook_endpoints WHERE org_id = ?1 AND id = ?2")?

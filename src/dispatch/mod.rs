@@ -755,19 +755,7 @@ impl Dispatcher {
             .transpose()?;
         let limits = self.shared.emit_limits();
         let id = self.shared.db.write(|tx| {
-            let row = history::endpoint_row(tx, org, endpoint_id)?;
-            let enabled: bool = tx.query_row(
-                "SELECT enabled FROM keyhook_endpoints WHERE row_id = ?1",
-                [row],
-                |r| r.get(0),
-            )?;
-            if !enabled {
-                return Err(Error::InvalidState {
-                    kind: "endpoint",
-                    id: endpoint_id.to_owned(),
-                    state: "disabled",
-                });
-            }
+            let row = history::enabled_endpoint_row(tx, org, endpoint_id)?;
             let data = match given {
                 Some(d) => d,
                 None => {
@@ -810,22 +798,10 @@ impl Dispatcher {
         if let Some(age) = self.shared.config.retention {
             since = since.max(crate::db::now_ms().saturating_sub(duration_ms(age)));
         }
-        let (row, enabled) = self.shared.db.read(|c| {
-            let row = history::endpoint_row(c, org, endpoint_id)?;
-            let enabled: bool = c.query_row(
-                "SELECT enabled FROM keyhook_endpoints WHERE row_id = ?1",
-                [row],
-                |r| r.get(0),
-            )?;
-            Ok((row, enabled))
-        })?;
-        if !enabled {
-            return Err(Error::InvalidState {
-                kind: "endpoint",
-                id: endpoint_id.to_owned(),
-                state: "disabled",
-            });
-        }
+        let row = self
+            .shared
+            .db
+            .read(|c| history::enabled_endpoint_row(c, org, endpoint_id))?;
         let n = queue::replay_missing(&self.shared.db, org, row, since, MAX_REPLAY)?;
         if n > 0 {
             self.wake();
