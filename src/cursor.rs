@@ -7,7 +7,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
-use rusqlite::Connection;
+use crate::sql::Sql;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
@@ -16,10 +16,10 @@ use crate::error::{Error, Result};
 const TAG_LEN: usize = 16;
 
 /// The database's cursor secret (made by the first migration).
-pub(crate) fn key(c: &Connection) -> Result<Vec<u8>> {
+pub(crate) fn key(c: Sql<'_>) -> Result<Vec<u8>> {
     Ok(
         c.prepare_cached("SELECT value FROM keyhook_meta WHERE key = 'cursor_key'")?
-            .query_row([], |r| r.get(0))?,
+            .query_row((), |r| r.get(0))?,
     )
 }
 

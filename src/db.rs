@@ -35,10 +35,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 
 use crate::error::{Error, OpenProblem, Result};
 use crate::schema::{FROM_LEGACY, LEGACY, MIGRATIONS};
+use crate::sql::{Engine, Sql};
 
 /// How hard SQLite works to keep committed data on power loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -58,6 +59,8 @@ pub enum Durability {
 enum Target {
     File(PathBuf),
     Memory,
+    #[cfg(feature = "postgres")]
+    Postgres(Arc<crate::pg::Pool>),
 }
 
 /// Settings for opening a [`Database`]; start with [`Database::builder`].
@@ -66,6 +69,8 @@ pub struct DatabaseBuilder {
     durability: Durability,
     busy_timeout: Duration,
     max_idle: usize,
+    #[cfg(feature = "postgres")]
+    schema: String,
 }
 
 impl Default for DatabaseBuilder {
@@ -74,6 +79,8 @@ impl Default for DatabaseBuilder {
             durability: Durability::Full,
             busy_timeout: Duration::from_secs(5),
             max_idle: 16,
+            #[cfg(feature = "postgres")]
+            schema: "keyhook".to_owned(),
         }
     }
 }
@@ -113,6 +120,42 @@ impl DatabaseBuilder {
     /// [`Error::Database`] for other SQLite errors.
     pub fn open(self, path: impl AsRef<Path>) -> Result<Database> {
         Database::from_parts(Target::File(path.as_ref().to_path_buf()), self)
+    }
+
+    /// The PostgreSQL schema keyhook's tables live in (created if
+    /// missing). Default: `keyhook`. Lowercase letters, digits and
+    /// underscores; checked by [`open_postgres`](Self::open_postgres).
+    #[cfg(feature = "postgres")]
+    pub fn schema(mut self, schema: &str) -> Self {
+        self.schema = schema.to_owned();
+        self
+    }
+
+    /// Connects to PostgreSQL (feature `postgres`) at `url`, a
+    /// `postgres://user:password@host:port/database` URL or a
+    /// `host=... user=... dbname=...` string, and brings keyhook's schema
+    /// ([`schema`](Self::schema)) up to date. Several processes (app
+    /// servers) may open the same database and schema: they share one
+    /// delivery queue. Connections are pooled (at most
+    /// [`max_idle_connections`](Self::max_idle_connections) kept idle) and
+    /// replaced when the server closes them (a restart, a terminated
+    /// backend). [`busy_timeout`](Self::busy_timeout) becomes the
+    /// sessions' `lock_timeout`; [`durability`](Self::durability) does not
+    /// apply: commits are as durable as the server's `synchronous_commit`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PostgresOpen`] with a [`PgProblem`](crate::PgProblem): the
+    /// URL does not parse, no server answers, authentication fails, the
+    /// database does not exist, or the user may not create the schema.
+    /// The password never appears in an error, a log line or `Debug`.
+    /// [`Error::SchemaTooNew`] if a newer keyhook migrated the schema;
+    /// [`Error::InvalidInput`] for a bad schema name.
+    #[cfg(feature = "postgres")]
+    pub fn open_postgres(self, url: &str) -> Result<Database> {
+        let target = crate::pg::Target::new(url, &self.schema, self.busy_timeout)?;
+        let pool = crate::pg::Pool::open(target, self.max_idle)?;
+        Ok(Database::with_target(Target::Postgres(Arc::new(pool)), self))
     }
 
     /// Opens a private in-memory database (for tests and examples); it is gone
@@ -237,6 +280,16 @@ impl Database {
         Database::builder().open_in_memory()
     }
 
+    /// Connects to PostgreSQL with default settings (schema `keyhook`).
+    ///
+    /// # Errors
+    ///
+    /// As [`DatabaseBuilder::open_postgres`].
+    #[cfg(feature = "postgres")]
+    pub fn open_postgres(url: &str) -> Result<Database> {
+        Database::builder().open_postgres(url)
+    }
+
     /// The schema version this build of keyhook writes.
     pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
@@ -244,14 +297,50 @@ impl Database {
     pub fn path(&self) -> Option<&Path> {
         match &self.inner.target {
             Target::File(p) => Some(p),
-            Target::Memory => None,
+            _ => None,
+        }
+    }
+
+    /// The engine this handle runs on.
+    pub(crate) fn engine(&self) -> Engine {
+        match &self.inner.target {
+            #[cfg(feature = "postgres")]
+            Target::Postgres(_) => Engine::Postgres,
+            _ => Engine::Sqlite,
+        }
+    }
+
+    /// The PostgreSQL pool, if this handle is on PostgreSQL.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn pg(&self) -> Option<&crate::pg::Pool> {
+        match &self.inner.target {
+            Target::Postgres(pool) => Some(pool),
+            _ => None,
         }
     }
 
     fn from_parts(target: Target, settings: DatabaseBuilder) -> Result<Database> {
+        let db = Database::with_target(target, settings);
+        let opened = db.inner.connect().and_then(|mut conn| {
+            if let Some(path) = conn.path().filter(|p| !p.is_empty()) {
+                let _ = db.inner.main_file.set(PathBuf::from(path));
+            }
+            migrate(&mut conn, db.path())?;
+            Ok(conn)
+        });
+        let conn = match (opened, db.path()) {
+            (Ok(conn), _) => conn,
+            (Err(e), Some(path)) => return Err(open_error(path, e)),
+            (Err(e), None) => return Err(e),
+        };
+        db.inner.lock_idle().push(conn);
+        Ok(db)
+    }
+
+    fn with_target(target: Target, settings: DatabaseBuilder) -> Database {
         let syncs = settings.durability == Durability::Full
             && matches!(&target, Target::File(p) if !p.as_os_str().as_encoded_bytes().starts_with(b"file:"));
-        let db = Database {
+        Database {
             inner: Arc::new(Inner {
                 target,
                 settings,
@@ -270,21 +359,7 @@ impl Database {
                 waiting_writers: AtomicUsize::new(0),
                 returned: Condvar::new(),
             }),
-        };
-        let opened = db.inner.connect().and_then(|mut conn| {
-            if let Some(path) = conn.path().filter(|p| !p.is_empty()) {
-                let _ = db.inner.main_file.set(PathBuf::from(path));
-            }
-            migrate(&mut conn, db.path())?;
-            Ok(conn)
-        });
-        let conn = match (opened, db.path()) {
-            (Ok(conn), _) => conn,
-            (Err(e), Some(path)) => return Err(open_error(path, e)),
-            (Err(e), None) => return Err(e),
-        };
-        db.inner.lock_idle().push(conn);
-        Ok(db)
+        }
     }
 
     /// Checks out a connection for the calling thread.
@@ -305,6 +380,8 @@ impl Database {
                         .wait(idle)
                         .unwrap_or_else(|e| e.into_inner())
                 }
+                #[cfg(feature = "postgres")]
+                Target::Postgres(_) => unreachable!("PostgreSQL runs through its pool"),
                 Target::File(_) => {
                     drop(idle);
                     return Ok(Conn {
@@ -320,7 +397,7 @@ impl Database {
     /// front, so two writers never deadlock on an upgrade) and commits if it
     /// returns `Ok`; an `Err` rolls everything back. Under
     /// [`Durability::Full`] the commit is on disk when this returns.
-    pub(crate) fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+    pub(crate) fn write<T>(&self, f: impl FnOnce(Sql<'_>) -> Result<T>) -> Result<T> {
         let (value, commit) = self.commit(Turn::Writer, f)?;
         self.sync(commit)?;
         Ok(value)
@@ -332,7 +409,7 @@ impl Database {
     /// Other connections see the commit at once.
     pub(crate) fn write_unsynced<T>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T>,
+        f: impl FnOnce(Sql<'_>) -> Result<T>,
     ) -> Result<(T, CommitMark)> {
         self.commit(Turn::Writer, f)
     }
@@ -342,7 +419,7 @@ impl Database {
     /// of these never delays an emit by more than one transaction.
     pub(crate) fn write_background<T>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T>,
+        f: impl FnOnce(Sql<'_>) -> Result<T>,
     ) -> Result<T> {
         let (value, commit) = self.commit(Turn::Background, f)?;
         self.sync(commit)?;
@@ -352,9 +429,17 @@ impl Database {
     fn commit<T>(
         &self,
         turn: Turn,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T>,
+        f: impl FnOnce(Sql<'_>) -> Result<T>,
     ) -> Result<(T, CommitMark)> {
         let inner = &self.inner;
+        #[cfg(feature = "postgres")]
+        if let Target::Postgres(pool) = &inner.target {
+            // Writes of one process take turns, as on SQLite: the
+            // dispatcher's steps assume they do. Commits are durable when
+            // COMMIT returns: nothing to sync.
+            let _turn = inner.lock_writer(turn);
+            return Ok((pool.write(f)?, CommitMark(0)));
+        }
         if let Target::Memory = inner.target {
             // One connection, shared with readers: check it out first, as
             // readers do. Nothing to sync.
@@ -429,14 +514,17 @@ impl Database {
     /// `data_version` as the write connection sees it, which this process's
     /// own writes do not change. Always false in memory.
     pub(crate) fn changed_elsewhere(&self) -> Result<bool> {
-        if let Target::Memory = self.inner.target {
-            return Ok(false);
+        match &self.inner.target {
+            Target::Memory => return Ok(false),
+            #[cfg(feature = "postgres")]
+            Target::Postgres(pool) => return pool.changed_elsewhere(),
+            Target::File(_) => {}
         }
         let mut writer = self.inner.lock_writer(Turn::Writer);
         let version: i64 = writer
             .connection(&self.inner)?
             .prepare_cached("PRAGMA data_version")?
-            .query_row([], |r| r.get(0))?;
+            .query_row((), |r| r.get(0))?;
         Ok(writer
             .data_version
             .replace(version)
@@ -455,9 +543,13 @@ impl Database {
     }
 
     /// Runs `f` on a checked-out connection, outside any explicit transaction.
-    pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    pub(crate) fn read<T>(&self, f: impl FnOnce(Sql<'_>) -> Result<T>) -> Result<T> {
+        #[cfg(feature = "postgres")]
+        if let Target::Postgres(pool) = &self.inner.target {
+            return pool.read(f);
+        }
         let conn = self.conn()?;
-        f(&conn)
+        f(Sql::Lite(&conn))
     }
 }
 
@@ -556,7 +648,7 @@ impl Inner {
     fn open_wal(&self) -> Result<File> {
         let path = match (self.main_file.get(), &self.target) {
             (Some(path), _) | (None, Target::File(path)) => path,
-            (None, Target::Memory) => unreachable!("only file databases sync"),
+            _ => unreachable!("only file databases sync"),
         };
         let mut name = path.as_os_str().to_owned();
         name.push("-wal");
@@ -626,6 +718,8 @@ impl Inner {
                 conn
             }
             Target::Memory => Connection::open_in_memory()?,
+            #[cfg(feature = "postgres")]
+            Target::Postgres(_) => unreachable!("PostgreSQL runs through its pool"),
         };
         conn.busy_timeout(self.settings.busy_timeout)?;
         conn.set_prepared_statement_cache_capacity(64);
@@ -650,7 +744,7 @@ impl Inner {
         };
         setup(&conn).map_err(|e| match &self.target {
             Target::File(path) => file_error(path, e),
-            Target::Memory => Error::from(e),
+            _ => Error::from(e),
         })?;
         Ok(conn)
     }
@@ -783,9 +877,9 @@ impl Drop for Conn<'_> {
 }
 
 /// Runs `f` in an IMMEDIATE transaction on `conn`, committing if it returns Ok.
-fn immediate<T>(conn: &mut Connection, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+fn immediate<T>(conn: &mut Connection, f: impl FnOnce(Sql<'_>) -> Result<T>) -> Result<T> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let value = f(&tx)?;
+    let value = f(Sql::Lite(&tx))?;
     tx.commit()?;
     Ok(value)
 }
@@ -916,8 +1010,8 @@ mod tests {
         assert_eq!(to_ms(UNIX_EPOCH - Duration::from_millis(5)), -5);
     }
 
-    fn sync_mode(tx: &Transaction<'_>) -> Result<i64> {
-        Ok(tx.pragma_query_value(None, "synchronous", |r| r.get(0))?)
+    fn sync_mode(tx: Sql<'_>) -> Result<i64> {
+        tx.query_row("PRAGMA synchronous", (), |r| r.get(0))
     }
 
     /// A database file (default settings) with a table `t (x)`, created
@@ -1008,7 +1102,7 @@ mod tests {
         // Refused before it began: nothing was committed that cannot be
         // made durable.
         let rows: i64 = db
-            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?))
+            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM t", (), |r| r.get(0))?))
             .unwrap();
         assert_eq!(rows, 0);
         assert_eq!(counts(&db), (1, 1));
@@ -1119,7 +1213,7 @@ mod tests {
         // The half-done transaction was rolled back; the next write works.
         db.write(sync_mode).unwrap();
         let rows: i64 = db
-            .write(|tx| Ok(tx.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?))
+            .write(|tx| Ok(tx.query_row("SELECT COUNT(*) FROM t", (), |r| r.get(0))?))
             .unwrap();
         assert_eq!(rows, 0);
     }
@@ -1130,10 +1224,10 @@ mod tests {
         let (v, user_version): (u32, u32) = db
             .read(|c| {
                 Ok((
-                    c.query_row("SELECT MAX(version) FROM keyhook_migrations", [], |r| {
+                    c.query_row("SELECT MAX(version) FROM keyhook_migrations", (), |r| {
                         r.get(0)
                     })?,
-                    c.pragma_query_value(None, "user_version", |r| r.get(0))?,
+                    c.query_row("PRAGMA user_version", (), |r| r.get(0))?,
                 ))
             })
             .unwrap();

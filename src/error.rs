@@ -77,6 +77,28 @@ pub enum Error {
     )]
     Locked(#[source] rusqlite::Error),
 
+    /// PostgreSQL reported an error (feature `postgres`); the original is
+    /// kept as the source. Displays the server's message, never a
+    /// statement's parameters or the connection string.
+    #[cfg(feature = "postgres")]
+    #[error("database error (PostgreSQL): {}", PgMessage(.0))]
+    Postgres(#[source] postgres::Error),
+
+    /// keyhook could not connect to, or set itself up in, the PostgreSQL
+    /// database `server` (shown as `user@host:port/database`, never with
+    /// the password); `problem` says why. Nothing was written.
+    #[cfg(feature = "postgres")]
+    #[error("cannot open PostgreSQL database {server}: {}", problem.describe())]
+    PostgresOpen {
+        /// Where keyhook tried to connect, without the password.
+        server: String,
+        /// What went wrong.
+        problem: PgProblem,
+        /// The client's error, when there was one.
+        #[source]
+        source: Option<postgres::Error>,
+    },
+
     /// The database at `path` could not be opened for keyhook's use;
     /// `problem` says why, in a form a host can map to its own message.
     /// Returned by [`Database::open`](crate::Database::open) (and, for a
@@ -255,6 +277,82 @@ pub enum OpenProblem {
     /// SQLite could not open the file for another reason; its message is
     /// in the error's text and source.
     Other,
+}
+
+/// Why keyhook could not open a PostgreSQL database
+/// ([`Error::PostgresOpen`]).
+#[cfg(feature = "postgres")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PgProblem {
+    /// The connection string is neither a `postgres://` URL nor a
+    /// `key=value` list.
+    InvalidUrl,
+    /// No server answered at that address (refused, unreachable, timed out,
+    /// or the connection closed while starting).
+    Unreachable,
+    /// The server refused the user or password.
+    AuthenticationFailed,
+    /// The server has no database of that name.
+    NoSuchDatabase,
+    /// The user may not create keyhook's schema or tables, or use them.
+    PermissionDenied,
+    /// Anything else; the server's message is in the source.
+    Other,
+}
+
+#[cfg(feature = "postgres")]
+impl PgProblem {
+    /// A stable machine-readable code: `invalid_url`, `unreachable`,
+    /// `authentication_failed`, `no_such_database`, `permission_denied`,
+    /// `other`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PgProblem::InvalidUrl => "invalid_url",
+            PgProblem::Unreachable => "unreachable",
+            PgProblem::AuthenticationFailed => "authentication_failed",
+            PgProblem::NoSuchDatabase => "no_such_database",
+            PgProblem::PermissionDenied => "permission_denied",
+            PgProblem::Other => "other",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            PgProblem::InvalidUrl => {
+                "the connection string is not a postgres:// URL or key=value list"
+            }
+            PgProblem::Unreachable => "no server answered (is it running, and is the address right?)",
+            PgProblem::AuthenticationFailed => "the server refused the user or password",
+            PgProblem::NoSuchDatabase => "the server has no such database",
+            PgProblem::PermissionDenied => {
+                "permission denied (the user must be able to create keyhook's schema and tables)"
+            }
+            PgProblem::Other => "see the source error",
+        }
+    }
+}
+
+/// PostgreSQL's own message: the server's, or the client's for a failure
+/// below SQL (a closed connection, an I/O error).
+#[cfg(feature = "postgres")]
+struct PgMessage<'a>(&'a postgres::Error);
+
+#[cfg(feature = "postgres")]
+impl std::fmt::Display for PgMessage<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_db_error() {
+            Some(db) => write!(f, "{} ({})", db.message(), db.code().code()),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl From<postgres::Error> for Error {
+    fn from(e: postgres::Error) -> Error {
+        Error::Postgres(e)
+    }
 }
 
 impl OpenProblem {

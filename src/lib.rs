@@ -197,8 +197,11 @@ mod error;
 mod event;
 mod id;
 mod registry;
+#[cfg(feature = "postgres")]
+mod pg;
 mod schema;
 pub mod signing;
+mod sql;
 mod validate;
 
 pub use api_keys::{
@@ -214,6 +217,8 @@ pub use dispatch::{
     MAX_REPLAY, MAX_RETRY_DELAY, Notice, PurgeReport, RetryPolicy,
 };
 pub use error::{Error, OpenProblem, Rejection, Result};
+#[cfg(feature = "postgres")]
+pub use error::PgProblem;
 pub use event::NewEvent;
 pub use registry::{
     CreatedEndpoint, DEFAULT_ROTATION_GRACE, EnabledEndpoint, Endpoint, EndpointOptions,
@@ -225,3 +230,8 @@ pub use signing::SigningSecret;
 /// The rusqlite version keyhook uses, for [`Dispatcher::emit_in`] inside the
 /// host's own transactions.
 pub use rusqlite;
+
+/// The `postgres` client keyhook uses (feature `postgres`), for
+/// [`Dispatcher::emit_in_postgres`] inside the host's own transaction.
+#[cfg(feature = "postgres")]
+pub use postgres;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rusqlite::{OptionalExtension, Row, Transaction, params};
+use crate::sql::{Optional, Row, Sql, params};
 
 use crate::db::{Database, duration_ms, from_ms, now_ms};
 use crate::destination::DestinationPolicy;
@@ -79,7 +79,7 @@ const MAX_EXAMPLE_BYTES: usize = 64 * 1024;
 const EVENT_TYPE_COLUMNS: &str = "name, description, example, deprecated_at IS NOT NULL,
      archived_at IS NOT NULL";
 
-fn event_type_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventType> {
+fn event_type_row(r: &Row<'_>) -> Result<EventType> {
     let example: Option<String> = r.get(2)?;
     Ok(EventType {
         name: r.get(0)?,
@@ -92,7 +92,7 @@ fn event_type_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventType> {
 }
 
 /// The event type `name`, or [`Error::UnknownEventType`].
-pub(crate) fn event_type(conn: &rusqlite::Connection, name: &str) -> Result<EventType> {
+pub(crate) fn event_type(conn: Sql<'_>, name: &str) -> Result<EventType> {
     conn.prepare_cached(&format!(
         "SELECT {EVENT_TYPE_COLUMNS} FROM keyhook_event_types WHERE name = ?1"
     ))?
@@ -102,7 +102,7 @@ pub(crate) fn event_type(conn: &rusqlite::Connection, name: &str) -> Result<Even
 }
 
 /// The event type `name`, if it takes new emits and subscriptions.
-pub(crate) fn usable_event_type(conn: &rusqlite::Connection, name: &str) -> Result<EventType> {
+pub(crate) fn usable_event_type(conn: Sql<'_>, name: &str) -> Result<EventType> {
     let t = event_type(conn, name)?;
     if t.archived {
         return Err(Error::InvalidState {
@@ -394,8 +394,8 @@ impl WebhookRegistry {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {EVENT_TYPE_COLUMNS} FROM keyhook_event_types ORDER BY name"
             ))?;
-            let rows = stmt.query_map([], event_type_row)?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            let rows = stmt.query_map((), event_type_row)?;
+            Ok(rows.collect::<Result<_>>()?)
         })
     }
 
@@ -444,10 +444,10 @@ impl WebhookRegistry {
                     limit: self.config.max_endpoints,
                 });
             }
-            tx.execute(
+            let row: i64 = tx.query_row(
                 "INSERT INTO keyhook_endpoints (id, org_id, url, description, all_event_types, headers,
                      enabled, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7) RETURNING row_id",
                 params![
                     id,
                     org,
@@ -457,8 +457,8 @@ impl WebhookRegistry {
                     headers_to_json(&headers),
                     now
                 ],
+                |r| r.get(0),
             )?;
-            let row = tx.last_insert_rowid();
             set_types(tx, row, &types)?;
             tx.execute(
                 "INSERT INTO keyhook_endpoint_secrets (endpoint_row, secret, created_at) VALUES (?1, ?2, ?3)",
@@ -484,7 +484,7 @@ impl WebhookRegistry {
             ))?;
             let rows: Vec<(i64, Endpoint)> = stmt
                 .query_map([org], endpoint_from_row)?
-                .collect::<rusqlite::Result<_>>()?;
+                .collect::<Result<_>>()?;
             rows.into_iter()
                 .map(|(row, mut ep)| {
                     ep.event_types = load_types(c, row)?;
@@ -670,7 +670,7 @@ impl WebhookRegistry {
 
 /// The secrets signing for an endpoint at `now`, newest first.
 pub(crate) fn active_secrets(
-    c: &rusqlite::Connection,
+    c: Sql<'_>,
     endpoint_row: i64,
     now: i64,
 ) -> Result<Vec<SigningSecret>> {
@@ -679,7 +679,7 @@ pub(crate) fn active_secrets(
          WHERE endpoint_row = ?1 AND (expires_at IS NULL OR expires_at > ?2)
          ORDER BY row_id DESC",
     )?;
-    let rows = stmt.query_map(params![endpoint_row, now], |r| r.get::<_, Vec<u8>>(0))?;
+    let rows = stmt.query_map(params![endpoint_row, now], |r| r.get::<Vec<u8>>(0))?;
     let mut out = Vec::new();
     for bytes in rows {
         // Stored secrets were checked when written; a bad row is skipped, not fatal.
@@ -736,7 +736,7 @@ fn check_subscription<'a>(types: impl Iterator<Item = &'a str>, all: bool) -> Re
 /// Parks a disabled endpoint's pending deliveries (`next_attempt_at`
 /// NULL: never due, so they cost the claims nothing). Deliveries leased
 /// now are parked when their attempt is recorded.
-pub(crate) fn park_deliveries(tx: &Transaction<'_>, endpoint_row: i64, now: i64) -> Result<()> {
+pub(crate) fn park_deliveries(tx: Sql<'_>, endpoint_row: i64, now: i64) -> Result<()> {
     tx.prepare_cached(
         "UPDATE keyhook_deliveries SET next_attempt_at = NULL, leased = 0
          WHERE endpoint_row = ?1 AND state = 0 AND (leased = 0 OR next_attempt_at <= ?2)",
@@ -746,7 +746,7 @@ pub(crate) fn park_deliveries(tx: &Transaction<'_>, endpoint_row: i64, now: i64)
 }
 
 /// Makes an enabled endpoint's parked deliveries due now.
-fn unpark_deliveries(tx: &Transaction<'_>, endpoint_row: i64, now: i64) -> Result<()> {
+fn unpark_deliveries(tx: Sql<'_>, endpoint_row: i64, now: i64) -> Result<()> {
     tx.prepare_cached(
         "UPDATE keyhook_deliveries SET next_attempt_at = ?2
          WHERE endpoint_row = ?1 AND state = 0 AND next_attempt_at IS NULL",
@@ -757,7 +757,7 @@ fn unpark_deliveries(tx: &Transaction<'_>, endpoint_row: i64, now: i64) -> Resul
 
 /// Every type must be in the catalogue, and not archived unless the
 /// endpoint already had it (`kept`).
-fn require_known_types(tx: &Transaction<'_>, types: &[String], kept: &[String]) -> Result<()> {
+fn require_known_types(tx: Sql<'_>, types: &[String], kept: &[String]) -> Result<()> {
     for t in types {
         if kept.contains(t) {
             event_type(tx, t)?;
@@ -768,7 +768,7 @@ fn require_known_types(tx: &Transaction<'_>, types: &[String], kept: &[String]) 
     Ok(())
 }
 
-fn set_types(tx: &Transaction<'_>, row: i64, types: &[String]) -> Result<()> {
+fn set_types(tx: Sql<'_>, row: i64, types: &[String]) -> Result<()> {
     tx.execute(
         "DELETE FROM keyhook_endpoint_event_types WHERE endpoint_row = ?1",
         [row],
@@ -846,7 +846,7 @@ pub(crate) fn headers_from_json(s: &str) -> Vec<(String, String)> {
     serde_json::from_str::<Vec<(String, String)>>(s).unwrap_or_default()
 }
 
-fn endpoint_from_row(r: &Row<'_>) -> rusqlite::Result<(i64, Endpoint)> {
+fn endpoint_from_row(r: &Row<'_>) -> Result<(i64, Endpoint)> {
     Ok((
         r.get(0)?,
         Endpoint {
@@ -856,7 +856,7 @@ fn endpoint_from_row(r: &Row<'_>) -> rusqlite::Result<(i64, Endpoint)> {
             description: r.get(4)?,
             event_types: Vec::new(),
             all_event_types: r.get(5)?,
-            headers: headers_from_json(&r.get::<_, String>(6)?),
+            headers: headers_from_json(&r.get::<String>(6)?),
             enabled: r.get(7)?,
             disabled_reason: r.get(8)?,
             created_at: from_ms(r.get(9)?),
@@ -865,17 +865,17 @@ fn endpoint_from_row(r: &Row<'_>) -> rusqlite::Result<(i64, Endpoint)> {
     ))
 }
 
-fn load_types(c: &rusqlite::Connection, row: i64) -> Result<Vec<String>> {
+fn load_types(c: Sql<'_>, row: i64) -> Result<Vec<String>> {
     let mut stmt = c.prepare_cached(
         "SELECT event_type FROM keyhook_endpoint_event_types WHERE endpoint_row = ?1 ORDER BY event_type",
     )?;
     let rows = stmt.query_map([row], |r| r.get(0))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    Ok(rows.collect::<Result<_>>()?)
 }
 
 /// The endpoint's internal row id and its public form.
 pub(crate) fn get_endpoint(
-    c: &rusqlite::Connection,
+    c: Sql<'_>,
     org: &str,
     id: &str,
 ) -> Result<(i64, Endpoint)> {

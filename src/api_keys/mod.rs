@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, Mac};
 use rusqlite::types::Type;
-use rusqlite::{OptionalExtension, Row, params};
+use crate::sql::{Optional, Row, Sql, params};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -461,7 +461,7 @@ impl ApiKeyStore {
     }
 
     /// Fails with [`Error::LimitReached`] if the organization is at its live-key limit.
-    fn require_room(&self, tx: &rusqlite::Transaction<'_>, org: &str, now: i64) -> Result<()> {
+    fn require_room(&self, tx: Sql<'_>, org: &str, now: i64) -> Result<()> {
         let live: u32 = tx
             .prepare_cached(
                 "SELECT COUNT(*) FROM keyhook_api_keys INDEXED BY keyhook_api_keys_live_by_org
@@ -481,7 +481,7 @@ impl ApiKeyStore {
 
     fn insert_key(
         &self,
-        tx: &rusqlite::Transaction<'_>,
+        tx: Sql<'_>,
         org: &str,
         name: &str,
         new: &NewKey,
@@ -533,7 +533,7 @@ impl ApiKeyStore {
                  ORDER BY created_at DESC, row_id DESC"
             ))?;
             let rows = stmt.query_map([org], |r| key_from_row(r, now))?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            Ok(rows.collect::<Result<Vec<_>>>()?)
         })
     }
 
@@ -571,12 +571,12 @@ impl ApiKeyStore {
                     |r| {
                         Ok((
                             key_from_row(r, now)?,
-                            r.get::<_, i64>(7)?,
-                            r.get::<_, i64>(13)?,
+                            r.get::<i64>(7)?,
+                            r.get::<i64>(13)?,
                         ))
                     },
                 )?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+                .collect::<Result<Vec<_>>>()?;
             let next_cursor = if rows.len() > query.limit {
                 rows.truncate(query.limit);
                 let (_, at, row) = rows.last().expect("limit is at least 1");
@@ -799,81 +799,83 @@ impl ApiKeyStore {
             return Err(Error::Rejected(Rejection::Malformed));
         }
         let now = now_ms();
-        let conn = self.db.conn()?;
-        let row = conn
-            .prepare_cached(VERIFY_SQL)?
-            .query_row([parsed.id], |r| {
-                Ok(VerifyRow {
-                    org: r.get(0)?,
-                    hash: r.get(1)?,
-                    hash_kind: r.get(2)?,
-                    scopes: r.get(3)?,
-                    environment: r.get(4)?,
-                    expires_at: r.get(5)?,
-                    revoke_at: r.get(6)?,
-                    revoked_at: r.get(7)?,
-                    last_used_at: r.get(8)?,
-                    plan: r.get(9)?,
-                    prefix: r.get(10)?,
-                    name: r.get(11)?,
-                    metadata: r.get(12)?,
+        let row = self.db.read(|conn| {
+            let row = conn
+                .prepare_cached(VERIFY_SQL)?
+                .query_row([parsed.id], |r| {
+                    Ok(VerifyRow {
+                        org: r.get(0)?,
+                        hash: r.get(1)?,
+                        hash_kind: r.get(2)?,
+                        scopes: r.get(3)?,
+                        environment: r.get(4)?,
+                        expires_at: r.get(5)?,
+                        revoke_at: r.get(6)?,
+                        revoked_at: r.get(7)?,
+                        last_used_at: r.get(8)?,
+                        plan: r.get(9)?,
+                        prefix: r.get(10)?,
+                        name: r.get(11)?,
+                        metadata: r.get(12)?,
+                    })
                 })
-            })
-            .optional()?
-            .ok_or(Error::Rejected(Rejection::Unknown))?;
-        let matches = match row.hash_kind {
-            HASH_SHA256 => bool::from(Sha256::digest(parsed.secret).as_slice().ct_eq(&row.hash)),
-            HASH_HMAC_PEPPER => match &self.config.pepper {
-                Some(mac) => {
-                    let mut mac = mac.clone();
-                    mac.update(parsed.secret.as_bytes());
-                    mac.verify_slice(&row.hash).is_ok()
-                }
-                None => {
-                    log::warn!(
-                        "api key {} was hashed with a pepper but this store has none",
-                        parsed.id
-                    );
-                    false
-                }
-            },
-            _ => false,
-        };
-        // The prefix and environment are part of the key string but checked
-        // against the stored row too, so a key cannot be re-spelled for
-        // another store or environment on the same file. The hash is always
-        // computed first, so such a key takes as long as a wrong secret.
-        let same_spelling =
-            row.prefix.as_deref() == Some(parsed.prefix) && row.environment == parsed.environment;
-        if !(matches & same_spelling) {
-            return Err(Error::Rejected(Rejection::Unknown));
-        }
-        if row.revoked_at.is_some() || row.revoke_at.is_some_and(|t| t <= now) {
-            return Err(Error::Rejected(Rejection::Revoked));
-        }
-        if row.expires_at.is_some_and(|t| t <= now) {
-            return Err(Error::Rejected(Rejection::Expired));
-        }
-        if !row.plan {
-            return Err(Error::Rejected(Rejection::PlanInactive));
-        }
-        if row
-            .last_used_at
-            .is_none_or(|t| now - t >= LAST_USED_GRANULARITY_MS)
-        {
-            // A failure to record usage must not fail an otherwise valid request.
-            if let Err(e) = conn
-                .prepare_cached(
-                    "UPDATE keyhook_api_keys SET last_used_at = ?2
-                     WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at <= ?3)",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![parsed.id, now, now - LAST_USED_GRANULARITY_MS])
-                })
-            {
-                log::warn!("could not record last use of api key {}: {e}", parsed.id);
+                .optional()?
+                .ok_or(Error::Rejected(Rejection::Unknown))?;
+            let matches = match row.hash_kind {
+                HASH_SHA256 => bool::from(Sha256::digest(parsed.secret).as_slice().ct_eq(&row.hash)),
+                HASH_HMAC_PEPPER => match &self.config.pepper {
+                    Some(mac) => {
+                        let mut mac = mac.clone();
+                        mac.update(parsed.secret.as_bytes());
+                        mac.verify_slice(&row.hash).is_ok()
+                    }
+                    None => {
+                        log::warn!(
+                            "api key {} was hashed with a pepper but this store has none",
+                            parsed.id
+                        );
+                        false
+                    }
+                },
+                _ => false,
+            };
+            // The prefix and environment are part of the key string but checked
+            // against the stored row too, so a key cannot be re-spelled for
+            // another store or environment on the same file. The hash is always
+            // computed first, so such a key takes as long as a wrong secret.
+            let same_spelling =
+                row.prefix.as_deref() == Some(parsed.prefix) && row.environment == parsed.environment;
+            if !(matches & same_spelling) {
+                return Err(Error::Rejected(Rejection::Unknown));
             }
-        }
+            if row.revoked_at.is_some() || row.revoke_at.is_some_and(|t| t <= now) {
+                return Err(Error::Rejected(Rejection::Revoked));
+            }
+            if row.expires_at.is_some_and(|t| t <= now) {
+                return Err(Error::Rejected(Rejection::Expired));
+            }
+            if !row.plan {
+                return Err(Error::Rejected(Rejection::PlanInactive));
+            }
+            if row
+                .last_used_at
+                .is_none_or(|t| now - t >= LAST_USED_GRANULARITY_MS)
+            {
+                // A failure to record usage must not fail an otherwise valid request.
+                if let Err(e) = conn
+                    .prepare_cached(
+                        "UPDATE keyhook_api_keys SET last_used_at = ?2
+                         WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at <= ?3)",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![parsed.id, now, now - LAST_USED_GRANULARITY_MS])
+                    })
+                {
+                    log::warn!("could not record last use of api key {}: {e}", parsed.id);
+                }
+            }
+            Ok(row)
+        })?;
         // Parsed only for a key that verified: a rejected one costs nothing more.
         let metadata = row
             .metadata
@@ -1077,7 +1079,7 @@ fn split_scopes(s: &str) -> Vec<String> {
         .collect()
 }
 
-fn get_key(c: &rusqlite::Connection, org: &str, id: &str, now: i64) -> Result<ApiKey> {
+fn get_key(c: Sql<'_>, org: &str, id: &str, now: i64) -> Result<ApiKey> {
     c.prepare_cached(&format!(
         "SELECT {KEY_COLUMNS} FROM keyhook_api_keys WHERE org_id = ?1 AND id = ?2"
     ))?
@@ -1086,7 +1088,7 @@ fn get_key(c: &rusqlite::Connection, org: &str, id: &str, now: i64) -> Result<Ap
     .ok_or_else(|| Error::not_found("api key", id))
 }
 
-fn require_not_revoked(c: &rusqlite::Connection, org: &str, id: &str, now: i64) -> Result<ApiKey> {
+fn require_not_revoked(c: Sql<'_>, org: &str, id: &str, now: i64) -> Result<ApiKey> {
     let key = get_key(c, org, id, now)?;
     if key.state == KeyState::Revoked {
         return Err(Error::InvalidState {
@@ -1098,7 +1100,7 @@ fn require_not_revoked(c: &rusqlite::Connection, org: &str, id: &str, now: i64) 
     Ok(key)
 }
 
-fn key_from_row(r: &Row<'_>, now: i64) -> rusqlite::Result<ApiKey> {
+fn key_from_row(r: &Row<'_>, now: i64) -> Result<ApiKey> {
     let expires_at: Option<i64> = r.get(9)?;
     let revoke_at: Option<i64> = r.get(10)?;
     let revoked_at: Option<i64> = r.get(11)?;
@@ -1110,11 +1112,17 @@ fn key_from_row(r: &Row<'_>, now: i64) -> rusqlite::Result<ApiKey> {
         KeyState::Active
     };
     let metadata = r
-        .get_ref(12)?
-        .as_str_or_null()?
+        .get::<Option<String>>(12)?
+        .as_deref()
         .map(parse_metadata)
         .transpose()
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(12, Type::Text, Box::new(e)))?;
+        .map_err(|e| {
+            Error::Database(rusqlite::Error::FromSqlConversionFailure(
+                12,
+                Type::Text,
+                Box::new(e),
+            ))
+        })?;
     Ok(ApiKey {
         id: r.get(0)?,
         org: r.get(1)?,
@@ -1122,10 +1130,10 @@ fn key_from_row(r: &Row<'_>, now: i64) -> rusqlite::Result<ApiKey> {
         description: r.get(3)?,
         environment: r.get(4)?,
         hint: r.get(5)?,
-        scopes: split_scopes(&r.get::<_, String>(6)?),
+        scopes: split_scopes(&r.get::<String>(6)?),
         metadata,
         created_at: from_ms(r.get(7)?),
-        last_used_at: r.get::<_, Option<i64>>(8)?.map(from_ms),
+        last_used_at: r.get::<Option<i64>>(8)?.map(from_ms),
         expires_at: expires_at.map(from_ms),
         revoked_at: revoked_at.or(revoke_at).map(from_ms),
         state,
@@ -1156,7 +1164,7 @@ mod tests {
         let plaintext = created.secret.expose().to_owned();
         let secret_part = &plaintext[plaintext.len() - 28..plaintext.len() - 6];
         let stored: Vec<u8> =
-            s.db.read(|c| Ok(c.query_row("SELECT hash FROM keyhook_api_keys", [], |r| r.get(0))?))
+            s.db.read(|c| c.query_row("SELECT hash FROM keyhook_api_keys", (), |r| r.get(0)))
                 .unwrap();
         assert_eq!(stored, Sha256::digest(secret_part.as_bytes()).to_vec());
         assert!(!format!("{created:?}").contains(secret_part));
@@ -1206,11 +1214,10 @@ mod tests {
     fn plan(s: &ApiKeyStore, sql: &str) -> String {
         s.db.read(|c| {
             let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
-            let n = stmt.parameter_count();
-            let rows = stmt.query_map(rusqlite::params_from_iter(vec![0i64; n]), |r| {
-                r.get::<_, String>(3)
-            })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?.join("\n"))
+            let n = stmt.parameter_count()?;
+            let zeros: Vec<&dyn crate::sql::Arg> = vec![&0i64; n];
+            let rows = stmt.query_map(zeros.as_slice(), |r| r.get::<String>(3))?;
+            Ok(rows.collect::<Result<Vec<_>>>()?.join("\n"))
         })
         .unwrap()
     }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::sql::{Arg, Optional, Params, Sql, params};
 
 use crate::cursor;
 use crate::db::{Database, from_ms, now_ms, to_ms};
@@ -165,14 +165,14 @@ struct Keys {
 }
 
 /// The row of a delivery of `org` by its public id.
-pub(crate) fn delivery_row(c: &Connection, org: &str, id: &str) -> Result<i64> {
+pub(crate) fn delivery_row(c: Sql<'_>, org: &str, id: &str) -> Result<i64> {
     c.prepare_cached("SELECT row_id FROM keyhook_deliveries WHERE id = ?1 AND org_id = ?2")?
         .query_row([id, org], |r| r.get(0))
         .optional()?
         .ok_or_else(|| Error::not_found("delivery", id))
 }
 
-fn collect(c: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Vec<Delivery>> {
+fn collect(c: Sql<'_>, sql: &str, params: impl Params) -> Result<Vec<Delivery>> {
     Ok(collect_rows(c, sql, params)?
         .into_iter()
         .map(|(_, d)| d)
@@ -181,9 +181,9 @@ fn collect(c: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<V
 
 /// Deliveries with their keys (the keyset of a page), attempts loaded.
 fn collect_rows(
-    c: &Connection,
+    c: Sql<'_>,
     sql: &str,
-    params: impl rusqlite::Params,
+    params: impl Params,
 ) -> Result<Vec<(Keys, Delivery)>> {
     let mut stmt = c.prepare_cached(sql)?;
     let rows = stmt
@@ -201,13 +201,13 @@ fn collect_rows(
                     endpoint_id: r.get(3)?,
                     state: DeliveryState::from_code(r.get(4)?),
                     created_at: from_ms(r.get(5)?),
-                    next_attempt_at: r.get::<_, Option<i64>>(6)?.map(from_ms),
+                    next_attempt_at: r.get::<Option<i64>>(6)?.map(from_ms),
                     test: r.get(8)?,
                     attempts: Vec::new(),
                 },
             ))
         })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>()?;
     rows.into_iter()
         .map(|(keys, mut d)| {
             d.attempts = attempts(c, keys.row)?;
@@ -216,7 +216,7 @@ fn collect_rows(
         .collect()
 }
 
-pub(crate) fn attempts(c: &Connection, delivery_row: i64) -> Result<Vec<Attempt>> {
+pub(crate) fn attempts(c: Sql<'_>, delivery_row: i64) -> Result<Vec<Attempt>> {
     let mut stmt = c.prepare_cached(
         "SELECT attempted_at, duration_ms, status_code, error_kind, response_body, manual
          FROM keyhook_attempts WHERE delivery_row = ?1 ORDER BY row_id",
@@ -224,20 +224,20 @@ pub(crate) fn attempts(c: &Connection, delivery_row: i64) -> Result<Vec<Attempt>
     let rows = stmt.query_map([delivery_row], |r| {
         Ok(Attempt {
             at: from_ms(r.get(0)?),
-            duration: Duration::from_millis(r.get::<_, i64>(1)?.max(0) as u64),
+            duration: Duration::from_millis(r.get::<i64>(1)?.max(0) as u64),
             status_code: r.get(2)?,
             error: r
-                .get::<_, Option<String>>(3)?
+                .get::<Option<String>>(3)?
                 .map(|s| AttemptError::parse(&s)),
-            response_excerpt: r.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default(),
+            response_excerpt: r.get::<Option<Vec<u8>>>(4)?.unwrap_or_default(),
             manual: r.get(5)?,
         })
     })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    Ok(rows.collect::<Result<_>>()?)
 }
 
 /// The endpoint's row, if `org` has it and it is enabled.
-pub(crate) fn enabled_endpoint_row(c: &Connection, org: &str, endpoint_id: &str) -> Result<i64> {
+pub(crate) fn enabled_endpoint_row(c: Sql<'_>, org: &str, endpoint_id: &str) -> Result<i64> {
     let row = endpoint_row(c, org, endpoint_id)?;
     let enabled: bool = c.query_row(
         "SELECT enabled FROM keyhook_endpoints WHERE row_id = ?1",
@@ -255,7 +255,7 @@ pub(crate) fn enabled_endpoint_row(c: &Connection, org: &str, endpoint_id: &str)
 }
 
 /// The endpoint's row, if `org` has it.
-pub(crate) fn endpoint_row(c: &Connection, org: &str, endpoint_id: &str) -> Result<i64> {
+pub(crate) fn endpoint_row(c: Sql<'_>, org: &str, endpoint_id: &str) -> Result<i64> {
     c.prepare_cached("SELECT row_id FROM keyhook_endpoints WHERE org_id = ?1 AND id = ?2")?
         .query_row([org, endpoint_id], |r| r.get(0))
         .optional()?
@@ -316,24 +316,29 @@ fn finish_page<T, const N: usize>(
 /// first (of one type when `by_type`), each with its deliveries (in one
 /// state when `by_state`).
 fn by_event_sql(by_type: bool, by_state: bool) -> String {
+    // Parameters: ?1 organization, ?2 since, ?3 before_at, ?4 before_event,
+    // ?5 before_row, ?6 limit, then the type and the state if filtered.
     let (index, type_filter) = if by_type {
-        ("keyhook_events_by_org_type", "AND ev.event_type = :type")
+        ("keyhook_events_by_org_type", "AND ev.event_type = ?7")
     } else {
         ("keyhook_events_by_org", "")
     };
-    let state_filter = if by_state { "AND d.state = :state" } else { "" };
+    let state_filter = match (by_state, by_type) {
+        (false, _) => "",
+        (true, true) => "AND d.state = ?8",
+        (true, false) => "AND d.state = ?7",
+    };
     format!(
         "SELECT {DELIVERY_COLUMNS}
          FROM keyhook_events ev INDEXED BY {index}
          CROSS JOIN keyhook_deliveries d INDEXED BY keyhook_deliveries_by_event
            ON d.event_row = ev.row_id
          CROSS JOIN keyhook_endpoints e ON e.row_id = d.endpoint_row
-         WHERE ev.org_id = :org {type_filter} AND ev.created_at >= :since
-           AND (ev.created_at, ev.row_id) <= (:before_at, :before_event)
-           AND ((ev.created_at, ev.row_id) < (:before_at, :before_event)
-                OR d.row_id < :before_row)
+         WHERE ev.org_id = ?1 {type_filter} AND ev.created_at >= ?2
+           AND (ev.created_at, ev.row_id) <= (?3, ?4)
+           AND ((ev.created_at, ev.row_id) < (?3, ?4) OR d.row_id < ?5)
            {state_filter}
-         ORDER BY ev.created_at DESC, ev.row_id DESC, d.row_id DESC LIMIT :limit"
+         ORDER BY ev.created_at DESC, ev.row_id DESC, d.row_id DESC LIMIT ?6"
     )
 }
 
@@ -374,38 +379,33 @@ pub(crate) fn history(
                     Some(c) => cursor::decode(&key, &scope.bytes(), c)?,
                     None => [until, i64::MIN],
                 };
-                let (index, filter) = match state {
-                    Some(_) => (
-                        "keyhook_deliveries_by_endpoint_state",
-                        "AND d.state = :state",
-                    ),
-                    None => ("keyhook_deliveries_by_endpoint", ""),
+                // Parameters: ?1 endpoint, ?2 since, ?3 before_at, ?4
+                // before_row, ?5 limit, then the state and the type if
+                // filtered.
+                let mut params: Vec<&dyn Arg> = vec![&row, &since, &before_at, &before_row, &limit];
+                let (index, filter) = match &state {
+                    Some(s) => {
+                        params.push(s);
+                        (
+                            "keyhook_deliveries_by_endpoint_state",
+                            format!("AND d.state = ?{}", params.len()),
+                        )
+                    }
+                    None => ("keyhook_deliveries_by_endpoint", String::new()),
                 };
-                let type_filter = if query.event_type.is_some() {
-                    "AND ev.event_type = :type"
-                } else {
-                    ""
+                let type_filter = match &query.event_type {
+                    Some(t) => {
+                        params.push(t);
+                        format!("AND ev.event_type = ?{}", params.len())
+                    }
+                    None => String::new(),
                 };
                 let sql = format!(
-                    "{} WHERE d.endpoint_row = :endpoint {filter} {type_filter}
-                       AND d.created_at >= :since
-                       AND (d.created_at, d.row_id) < (:before_at, :before_row)
-                     ORDER BY d.created_at DESC, d.row_id DESC LIMIT :limit",
+                    "{} WHERE d.endpoint_row = ?1 {filter} {type_filter}
+                       AND d.created_at >= ?2 AND (d.created_at, d.row_id) < (?3, ?4)
+                     ORDER BY d.created_at DESC, d.row_id DESC LIMIT ?5",
                     delivery_select(Some(index))
                 );
-                let mut params: Vec<(&str, &dyn rusqlite::ToSql)> = vec![
-                    (":endpoint", &row),
-                    (":since", &since),
-                    (":before_at", &before_at),
-                    (":before_row", &before_row),
-                    (":limit", &limit),
-                ];
-                if let Some(s) = &state {
-                    params.push((":state", s));
-                }
-                if let Some(t) = &query.event_type {
-                    params.push((":type", t));
-                }
                 let rows = collect_rows(c, &sql, params.as_slice())?
                     .into_iter()
                     .map(|(k, d)| ([to_ms(d.created_at), k.row], d))
@@ -423,19 +423,19 @@ pub(crate) fn history(
                     None => [until, i64::MIN, i64::MIN],
                 };
                 let sql = by_event_sql(event_type.is_some(), state.is_some());
-                let mut params: Vec<(&str, &dyn rusqlite::ToSql)> = vec![
-                    (":org", &org),
-                    (":since", &since),
-                    (":before_at", &before_at),
-                    (":before_event", &before_event),
-                    (":before_row", &before_row),
-                    (":limit", &limit),
+                let mut params: Vec<&dyn Arg> = vec![
+                    &org,
+                    &since,
+                    &before_at,
+                    &before_event,
+                    &before_row,
+                    &limit,
                 ];
                 if let Some(t) = event_type {
-                    params.push((":type", t));
+                    params.push(t);
                 }
                 if let Some(s) = &state {
-                    params.push((":state", s));
+                    params.push(s);
                 }
                 let rows = collect_rows(c, &sql, params.as_slice())?
                     .into_iter()
@@ -470,7 +470,7 @@ pub(crate) fn event_deliveries(db: &Database, org: &str, event_id: &str) -> Resu
 }
 
 /// One delivery of the organization.
-pub(crate) fn delivery(c: &Connection, org: &str, id: &str) -> Result<Delivery> {
+pub(crate) fn delivery(c: Sql<'_>, org: &str, id: &str) -> Result<Delivery> {
     let row = delivery_row(c, org, id)?;
     collect(
         c,
@@ -575,32 +575,26 @@ pub(crate) fn events(db: &Database, org: &str, query: &EventQuery) -> Result<Eve
             None => [until, i64::MIN],
         };
         let (index, filter) = match query.event_type {
-            Some(_) => ("keyhook_events_by_org_type", "AND event_type = :type"),
+            Some(_) => ("keyhook_events_by_org_type", "AND event_type = ?6"),
             None => ("keyhook_events_by_org", ""),
         };
         let sql = format!(
             "SELECT row_id, id, event_type, created_at, test
              FROM keyhook_events INDEXED BY {index}
-             WHERE org_id = :org {filter}
-               AND created_at >= :since AND (created_at, row_id) < (:before_at, :before_row)
-             ORDER BY created_at DESC, row_id DESC LIMIT :limit"
+             WHERE org_id = ?1 {filter}
+               AND created_at >= ?2 AND (created_at, row_id) < (?3, ?4)
+             ORDER BY created_at DESC, row_id DESC LIMIT ?5"
         );
         let limit = query.limit as i64 + 1;
-        let mut params: Vec<(&str, &dyn rusqlite::ToSql)> = vec![
-            (":org", &org),
-            (":since", &since),
-            (":before_at", &before_at),
-            (":before_row", &before_row),
-            (":limit", &limit),
-        ];
+        let mut params: Vec<&dyn Arg> = vec![&org, &since, &before_at, &before_row, &limit];
         if let Some(t) = &query.event_type {
-            params.push((":type", t));
+            params.push(t);
         }
         let mut stmt = c.prepare_cached(&sql)?;
         let rows = stmt
             .query_map(params.as_slice(), |r| {
                 Ok((
-                    [r.get::<_, i64>(3)?, r.get::<_, i64>(0)?],
+                    [r.get::<i64>(3)?, r.get::<i64>(0)?],
                     EventSummary {
                         id: r.get(1)?,
                         event_type: r.get(2)?,
@@ -609,7 +603,7 @@ pub(crate) fn events(db: &Database, org: &str, query: &EventQuery) -> Result<Eve
                     },
                 ))
             })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()?;
         let (events, next_cursor) = finish_page(rows, query.limit, &key, &scope);
         Ok(EventPage {
             events,
@@ -628,14 +622,14 @@ pub(crate) fn event(db: &Database, org: &str, event_id: &str) -> Result<EventDet
             )?
             .query_row([org, event_id], |r| {
                 Ok((
-                    r.get::<_, i64>(0)?,
+                    r.get::<i64>(0)?,
                     EventSummary {
                         id: r.get(1)?,
                         event_type: r.get(2)?,
                         created_at: from_ms(r.get(3)?),
                         test: r.get(4)?,
                     },
-                    r.get::<_, Vec<u8>>(5)?,
+                    r.get::<Vec<u8>>(5)?,
                 ))
             })
             .optional()?
@@ -809,20 +803,13 @@ mod tests {
                     let plan: Vec<String> = db
                         .read(|c| {
                             let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                            let n = stmt.parameter_count()?;
+                            let zeros: Vec<&dyn crate::sql::Arg> = vec![&0i64; n];
                             let rows = stmt.query_map(
-                                rusqlite::named_params! {
-                                    ":org": "o", ":type": "t", ":since": 0, ":before_at": 1,
-                                    ":before_event": 1, ":before_row": 1, ":limit": 5,
-                                    ":state": 0,
-                                }
-                                .iter()
-                                .filter(|(name, _)| sql.contains(name))
-                                .copied()
-                                .collect::<Vec<_>>()
-                                .as_slice(),
-                                |r| r.get::<_, String>(3),
+                                zeros.as_slice(),
+                                |r| r.get::<String>(3),
                             )?;
-                            Ok(rows.collect::<rusqlite::Result<_>>()?)
+                            Ok(rows.collect::<Result<_>>()?)
                         })
                         .unwrap();
                     let plan = plan.join("\n");

@@ -660,7 +660,7 @@ impl Dispatcher {
         self.check_events(org, &events)?;
         let limits = self.shared.emit_limits();
         let emitted =
-            queue::in_savepoint(tx, |tx| queue::insert_events(tx, org, &events, &limits))??;
+            queue::in_savepoint(crate::sql::Sql::Lite(tx), |tx| queue::insert_events(tx, org, &events, &limits))??;
         Ok(emitted.into_iter().map(|e| e.id).collect())
     }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use crate::sql::{Arg, Optional, Sql, params};
 
 use crate::db::{CommitMark, Database, from_ms, now_ms};
 use crate::error::{Error, Result};
@@ -97,7 +97,7 @@ pub(crate) struct Emitted {
 
 /// Stores events and their deliveries in the caller's transaction.
 pub(crate) fn insert_events(
-    tx: &Transaction<'_>,
+    tx: Sql<'_>,
     org: &str,
     events: &[NewEvent],
     limits: &EmitLimits,
@@ -111,7 +111,7 @@ pub(crate) fn insert_events(
                 .prepare_cached(
                     "SELECT id FROM keyhook_events WHERE org_id = ?1 AND idempotency_key = ?2",
                 )?
-                .query_row(params![org, key], |r| r.get::<_, String>(0))
+                .query_row(params![org, key], |r| r.get::<String>(0))
                 .optional()?
         {
             out.push(Emitted { id, deliveries: 0 });
@@ -183,7 +183,7 @@ use new_delivery_id;
 /// The serialized envelope of an event of `event_type`, if the type takes
 /// emits and the body is within the limit.
 fn checked_body(
-    tx: &Transaction<'_>,
+    tx: Sql<'_>,
     event_type: &str,
     data: &[u8],
     now: i64,
@@ -214,7 +214,7 @@ fn checked_body(
 }
 
 fn insert_event_row(
-    tx: &Transaction<'_>,
+    tx: Sql<'_>,
     org: &str,
     event_type: &str,
     body: &[u8],
@@ -223,18 +223,22 @@ fn insert_event_row(
     now: i64,
 ) -> Result<(String, i64)> {
     let id = new_id("msg_", now)?;
-    tx.prepare_cached(
-        "INSERT INTO keyhook_events (id, org_id, event_type, body, idempotency_key, created_at, test)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![id, org, event_type, body, idempotency_key, now, test])?;
-    Ok((id, tx.last_insert_rowid()))
+    let row = tx
+        .prepare_cached(
+            "INSERT INTO keyhook_events (id, org_id, event_type, body, idempotency_key, created_at, test)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING row_id",
+        )?
+        .query_row(
+            params![id, org, event_type, body, idempotency_key, now, test],
+            |r| r.get(0),
+        )?;
+    Ok((id, row))
 }
 
 /// Stores a test event for one endpoint only, marked as a test, with its
 /// one delivery due now. Returns the event id.
 pub(crate) fn insert_test_event(
-    tx: &Transaction<'_>,
+    tx: Sql<'_>,
     org: &str,
     endpoint_row: i64,
     event_type: &str,
@@ -283,7 +287,7 @@ pub(crate) fn replay_missing(
                 .query_map(params![org, after.0, after.1, REPLAY_CHUNK], |r| {
                     Ok((r.get(0)?, r.get(1)?))
                 })?
-                .collect::<rusqlite::Result<_>>()?;
+                .collect::<Result<_>>()?;
             let Some(&last) = chunk.last() else {
                 return Ok((0, None));
             };
@@ -381,7 +385,7 @@ pub(crate) fn step(
     policy: &HealthPolicy,
     isolate: bool,
 ) -> Result<Stepped> {
-    let run = |tx: &Transaction<'_>| {
+    let run = |tx: Sql<'_>| {
         let emitted = emits
             .iter()
             .map(|(org, events)| in_savepoint(tx, |tx| insert_events(tx, org, events, emit_limits)))
@@ -416,11 +420,11 @@ pub(crate) fn step(
 /// rolled back and the rest of `tx` stands. The outer `Result` is for the
 /// savepoint statements themselves.
 pub(crate) fn in_savepoint<T>(
-    tx: &Transaction<'_>,
-    f: impl FnOnce(&Transaction<'_>) -> Result<T>,
+    tx: Sql<'_>,
+    f: impl FnOnce(Sql<'_>) -> Result<T>,
 ) -> Result<Result<T>> {
     let run = |sql: &str| -> Result<()> {
-        tx.prepare_cached(sql)?.execute([])?;
+        tx.prepare_cached(sql)?.execute(())?;
         Ok(())
     };
     run("SAVEPOINT keyhook_one")?;
@@ -466,7 +470,7 @@ impl Recorded {
 /// stand. Errors of the whole transaction fail the step, and every attempt
 /// in it is kept for the next one.
 fn record_isolated(
-    tx: &Transaction<'_>,
+    tx: Sql<'_>,
     c: &Completion,
     now: i64,
     policy: &HealthPolicy,
@@ -514,7 +518,7 @@ pub(crate) fn transaction_failed(e: &Error) -> bool {
 /// every worker; everything else is claimed oldest due first. The cost
 /// follows the endpoints that have pending deliveries, never the number
 /// registered.
-pub(crate) fn claim_batch(conn: &Connection, limits: &ClaimLimits) -> Result<Vec<Claimed>> {
+pub(crate) fn claim_batch(conn: Sql<'_>, limits: &ClaimLimits) -> Result<Vec<Claimed>> {
     if limits.max == 0 {
         return Ok(Vec::new());
     }
@@ -601,7 +605,7 @@ pub(crate) fn claim_batch(conn: &Connection, limits: &ClaimLimits) -> Result<Vec
 
 /// A claimed delivery: its event's id and body, read now, and its endpoint.
 fn with_event(
-    conn: &Connection,
+    conn: Sql<'_>,
     delivery_row: i64,
     event_row: i64,
     attempt: u32,
@@ -772,20 +776,16 @@ const CLAIM_HEALTHY_DEEP_SQL: &str = lease!(
 
 /// Runs a claim statement, binding the parameters it uses.
 fn claim_rows(
-    conn: &Connection,
+    conn: Sql<'_>,
     sql: &str,
-    params: &[&dyn rusqlite::ToSql],
+    params: &[&dyn Arg],
 ) -> Result<Vec<(i64, i64, i64, u32)>> {
     let mut stmt = conn.prepare_cached(sql)?;
-    for (i, value) in params.iter().enumerate().take(stmt.parameter_count()) {
-        stmt.raw_bind_parameter(i + 1, value)?;
-    }
-    let mut rows = stmt.raw_query();
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
-    }
-    Ok(out)
+    let used = stmt.parameter_count()?.min(params.len());
+    stmt.query_map(&params[..used], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+    })?
+    .collect()
 }
 
 /// Gives claimed deliveries that were never attempted back, due now (on shutdown).
@@ -804,7 +804,7 @@ pub(crate) fn release(db: &Database, claimed: &[Claimed]) -> Result<()> {
 
 /// Undoes a claim whose attempt was never made: due now, attempt uncounted.
 /// False if the lease was lost meanwhile.
-fn give_back(tx: &Transaction<'_>, c: &Claimed, now: i64) -> Result<bool> {
+fn give_back(tx: Sql<'_>, c: &Claimed, now: i64) -> Result<bool> {
     Ok(tx
         .prepare_cached(concat!(
             "UPDATE keyhook_deliveries SET leased = 0, next_attempt_at = ",
@@ -816,7 +816,7 @@ fn give_back(tx: &Transaction<'_>, c: &Claimed, now: i64) -> Result<bool> {
         > 0)
 }
 
-fn load_endpoint(conn: &Connection, endpoint_row: i64, now: i64) -> Result<EndpointTarget> {
+fn load_endpoint(conn: Sql<'_>, endpoint_row: i64, now: i64) -> Result<EndpointTarget> {
     let (endpoint_id, org, url, headers, failing, unproven) = conn
         .prepare_cached(
             "SELECT id, org_id, url, headers, consecutive_failures > 0,
@@ -825,12 +825,12 @@ fn load_endpoint(conn: &Connection, endpoint_row: i64, now: i64) -> Result<Endpo
         )?
         .query_row([endpoint_row], |r| {
             Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, bool>(4)?,
-                r.get::<_, bool>(5)?,
+                r.get::<String>(0)?,
+                r.get::<String>(1)?,
+                r.get::<String>(2)?,
+                r.get::<String>(3)?,
+                r.get::<bool>(4)?,
+                r.get::<bool>(5)?,
             ))
         })?;
     let secrets = active_secrets(conn, endpoint_row, now)?;
@@ -860,7 +860,7 @@ pub(crate) struct Completion {
 }
 
 fn complete_one(
-    tx: &Transaction<'_>,
+    tx: Sql<'_>,
     c: &Completion,
     now: i64,
     policy: &HealthPolicy,
@@ -1026,7 +1026,7 @@ fn complete_one(
 
 /// Loads a delivery of `org` for a manual attempt, without leasing it.
 pub(crate) fn load_manual(
-    conn: &Connection,
+    conn: Sql<'_>,
     org: &str,
     delivery_row: i64,
 ) -> Result<Option<Claimed>> {
@@ -1037,9 +1037,9 @@ pub(crate) fn load_manual(
         )?
         .query_row(params![delivery_row, org], |r| {
             Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, u32>(2)?,
+                r.get::<i64>(0)?,
+                r.get::<i64>(1)?,
+                r.get::<u32>(2)?,
             ))
         })
         .optional()?;
@@ -1108,7 +1108,7 @@ pub(crate) fn purge(db: &Database, cutoff: i64, stop: &dyn Fn() -> bool) -> Resu
                 .query_map(params![cutoff, after.0, after.1, PURGE_BATCH], |r| {
                     Ok((r.get(0)?, r.get(1)?))
                 })?
-                .collect::<rusqlite::Result<_>>()?;
+                .collect::<Result<_>>()?;
             let (mut events, mut deliveries) = (0u64, 0u64);
             for (_, row) in &batch {
                 deliveries += tx
@@ -1159,7 +1159,7 @@ pub(crate) fn next_due(db: &Database) -> Result<Option<i64>> {
             c.prepare_cached(
                 "SELECT MIN(next_attempt_at) FROM keyhook_deliveries WHERE state = 0",
             )?
-            .query_row([], |r| r.get::<_, Option<i64>>(0))?,
+            .query_row((), |r| r.get::<Option<i64>>(0))?,
         )
     })
 }
@@ -1226,7 +1226,7 @@ mod tests {
         let probe = {
             let mut stmt = conn.prepare(DUE_WINDOW_SQL).unwrap();
             let (due, limited): (i64, i64) = stmt
-                .query_row(params![now, 64], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_row(rusqlite::params![now, 64], |r| Ok((r.get(0)?, r.get(1)?)))
                 .unwrap();
             assert_eq!(
                 (due, limited),
@@ -1244,7 +1244,7 @@ mod tests {
             // Rolled back when dropped: each statement claims from the same state.
             let tx = conn.transaction().unwrap();
             let mut stmt = tx.prepare(sql).unwrap();
-            let params: [&dyn rusqlite::ToSql; 7] =
+            let params: [&dyn Arg; 7] =
                 [&now, &(now + 1000), &10i64, &1u32, &failing, &"[]", &64i64];
             for (i, p) in params.iter().enumerate().take(stmt.parameter_count()) {
                 stmt.raw_bind_parameter(i + 1, p).unwrap();

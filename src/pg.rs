@@ -1,0 +1,514 @@
+//! The PostgreSQL engine (feature `postgres`): a small pool of sessions,
+//! each keeping its statements prepared; values that cross the seam of
+//! [`crate::sql`]; the schema's migrations; wake-ups between hosts with
+//! `LISTEN`/`NOTIFY`.
+//!
+//! Why the synchronous `postgres` crate: keyhook is synchronous, and this
+//! is the maintained blocking client of the `rust-postgres` project (the
+//! same code as `tokio-postgres`, run on a private runtime), with binary
+//! parameters, prepared statements and notifications.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use postgres::types::private::BytesMut;
+use postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
+use postgres::{Client, NoTls, Statement};
+
+use crate::error::{Error, PgProblem, Result};
+use crate::sql::{Arg, translate};
+
+type BoxError = Box<dyn std::error::Error + Sync + Send>;
+
+/// A parameter value, converted to whatever type PostgreSQL inferred for
+/// the parameter (SQLite has one integer type; PostgreSQL has three, and
+/// infers `integer` for a parameter beside an `integer` literal).
+#[derive(Debug)]
+pub(crate) enum Value<'a> {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(&'a str),
+    Blob(&'a [u8]),
+    /// An unsigned value over `i64::MAX`: refused when bound.
+    OutOfRange,
+}
+
+impl ToSql for Value<'_> {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> std::result::Result<IsNull, BoxError> {
+        match *self {
+            Value::Null => Ok(IsNull::Yes),
+            Value::OutOfRange => Err("integer out of range".into()),
+            Value::Int(n) => match *ty {
+                Type::INT8 => n.to_sql(ty, out),
+                Type::INT4 => i32::try_from(n)?.to_sql(ty, out),
+                Type::INT2 => i16::try_from(n)?.to_sql(ty, out),
+                Type::BOOL => (n != 0).to_sql(ty, out),
+                Type::FLOAT8 => (n as f64).to_sql(ty, out),
+                Type::TEXT | Type::VARCHAR => n.to_string().as_str().to_sql(ty, out),
+                _ => Err(format!("cannot bind an integer as {ty}").into()),
+            },
+            Value::Real(x) => match *ty {
+                Type::FLOAT8 => x.to_sql(ty, out),
+                Type::FLOAT4 => (x as f32).to_sql(ty, out),
+                _ => Err(format!("cannot bind a number as {ty}").into()),
+            },
+            Value::Text(s) => match *ty {
+                Type::JSON => {
+                    out.extend_from_slice(s.as_bytes());
+                    Ok(IsNull::No)
+                }
+                Type::JSONB => {
+                    out.extend_from_slice(&[1]);
+                    out.extend_from_slice(s.as_bytes());
+                    Ok(IsNull::No)
+                }
+                Type::BYTEA => s.as_bytes().to_sql(ty, out),
+                _ => s.to_sql(ty, out),
+            },
+            Value::Blob(b) => b.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+/// A column value of any type keyhook's schema uses.
+pub(crate) enum Any {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl<'a> FromSql<'a> for Any {
+    fn from_sql(ty: &Type, raw: &'a [u8]) -> std::result::Result<Self, BoxError> {
+        Ok(match *ty {
+            Type::INT8 => Any::Int(i64::from_sql(ty, raw)?),
+            Type::INT4 => Any::Int(i32::from_sql(ty, raw)?.into()),
+            Type::INT2 => Any::Int(i16::from_sql(ty, raw)?.into()),
+            Type::OID => Any::Int(u32::from_sql(ty, raw)?.into()),
+            Type::BOOL => Any::Int(bool::from_sql(ty, raw)?.into()),
+            Type::FLOAT8 => Any::Real(f64::from_sql(ty, raw)?),
+            Type::FLOAT4 => Any::Real(f32::from_sql(ty, raw)?.into()),
+            Type::BYTEA => Any::Blob(raw.to_vec()),
+            Type::JSON => Any::Text(String::from_utf8(raw.to_vec())?),
+            _ => Any::Text(String::from_sql(ty, raw)?),
+        })
+    }
+
+    fn from_sql_null(_: &Type) -> std::result::Result<Self, BoxError> {
+        Ok(Any::Null)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty != Type::NUMERIC
+    }
+}
+
+/// A value read from PostgreSQL that keyhook cannot take (a bug).
+pub(crate) fn conversion_error(column: usize, problem: &'static str) -> Error {
+    Error::Database(rusqlite::Error::FromSqlConversionFailure(
+        column,
+        rusqlite::types::Type::Null,
+        problem.into(),
+    ))
+}
+
+/// What [`Sql::Pg`](crate::sql::Sql) runs statements on: a pooled session
+/// or a host's own transaction.
+pub(crate) trait PgRun {
+    fn run_query(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<Vec<postgres::Row>>;
+    fn run_execute(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<u64>;
+    fn run_batch(&mut self, sql: &str) -> Result<()>;
+    fn param_count(&mut self, sql: &str) -> Result<usize>;
+}
+
+fn values<'a>(args: &'a [&'a dyn Arg]) -> Vec<Value<'a>> {
+    args.iter().map(|a| a.value()).collect()
+}
+
+fn refs<'a>(values: &'a [Value<'a>]) -> Vec<&'a (dyn ToSql + Sync)> {
+    values.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
+}
+
+/// One connection of the pool, with its prepared statements (by the
+/// SQLite text they were translated from).
+pub(crate) struct Session {
+    client: Client,
+    statements: HashMap<String, Statement>,
+}
+
+/// Prepared statements kept per session; past this the cache starts over
+/// (history pages build their statements from filters).
+const MAX_STATEMENTS: usize = 256;
+
+impl Session {
+    fn statement(&mut self, sql: &str) -> Result<Statement> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let stmt = self.client.prepare(&translate(sql))?;
+        if self.statements.len() >= MAX_STATEMENTS {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_owned(), stmt.clone());
+        Ok(stmt)
+    }
+}
+
+impl PgRun for Session {
+    fn run_query(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<Vec<postgres::Row>> {
+        let stmt = self.statement(sql)?;
+        let values = values(args);
+        Ok(self.client.query(&stmt, &refs(&values))?)
+    }
+
+    fn run_execute(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<u64> {
+        let stmt = self.statement(sql)?;
+        let values = values(args);
+        Ok(self.client.execute(&stmt, &refs(&values))?)
+    }
+
+    fn run_batch(&mut self, sql: &str) -> Result<()> {
+        Ok(self.client.batch_execute(sql)?)
+    }
+
+    fn param_count(&mut self, sql: &str) -> Result<usize> {
+        Ok(self.statement(sql)?.params().len())
+    }
+}
+
+impl PgRun for postgres::Transaction<'_> {
+    fn run_query(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<Vec<postgres::Row>> {
+        let values = values(args);
+        Ok(self.query(translate(sql).as_str(), &refs(&values))?)
+    }
+
+    fn run_execute(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<u64> {
+        let values = values(args);
+        Ok(self.execute(translate(sql).as_str(), &refs(&values))?)
+    }
+
+    fn run_batch(&mut self, sql: &str) -> Result<()> {
+        Ok(self.batch_execute(sql)?)
+    }
+
+    fn param_count(&mut self, sql: &str) -> Result<usize> {
+        Ok(self.prepare(&translate(sql))?.params().len())
+    }
+}
+
+/// Where and how to connect; the password never leaves this struct.
+#[derive(Clone)]
+pub(crate) struct Target {
+    config: postgres::Config,
+    /// The schema keyhook's tables live in.
+    pub(crate) schema: String,
+    /// The notification channel of that schema.
+    channel: String,
+    lock_timeout: Duration,
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Postgres")
+            .field("server", &self.describe())
+            .field("schema", &self.schema)
+            .finish()
+    }
+}
+
+impl Target {
+    /// Parses `url` (a `postgres://` URL or a `key=value` string).
+    pub(crate) fn new(url: &str, schema: &str, lock_timeout: Duration) -> Result<Target> {
+        let config: postgres::Config = url.parse().map_err(|_| Error::PostgresOpen {
+            server: "(unparsable connection string)".into(),
+            problem: PgProblem::InvalidUrl,
+            source: None,
+        })?;
+        if schema.is_empty()
+            || schema.len() > 40
+            || !schema
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            || schema.as_bytes()[0].is_ascii_digit()
+        {
+            return Err(Error::invalid(
+                "schema",
+                "must be 1 to 40 lowercase letters, digits or underscores, not starting with a digit",
+            ));
+        }
+        Ok(Target {
+            config,
+            schema: schema.to_owned(),
+            channel: format!("keyhook_{schema}"),
+            lock_timeout,
+        })
+    }
+
+    /// `user@host:port/dbname`, without the password.
+    pub(crate) fn describe(&self) -> String {
+        let c = &self.config;
+        let host = match c.get_hosts().first() {
+            Some(postgres::config::Host::Tcp(h)) => h.clone(),
+            #[cfg(unix)]
+            Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".into(),
+        };
+        let port = c.get_ports().first().copied().unwrap_or(5432);
+        format!(
+            "{}@{host}:{port}/{}",
+            c.get_user().unwrap_or("(default user)"),
+            c.get_dbname().unwrap_or("(default database)")
+        )
+    }
+
+    fn connect(&self) -> Result<Client> {
+        let mut client = self.config.connect(NoTls).map_err(|e| self.open_error(e))?;
+        client
+            .batch_execute(&format!(
+                "SET search_path TO {}; SET lock_timeout = {}; SET application_name = 'keyhook'",
+                self.schema,
+                self.lock_timeout.as_millis().max(1)
+            ))
+            .map_err(|e| self.open_error(e))?;
+        Ok(client)
+    }
+
+    /// The error for failing to connect: what went wrong, in terms a host
+    /// can act on, and where (without the password).
+    pub(crate) fn open_error(&self, e: postgres::Error) -> Error {
+        use postgres::error::SqlState;
+        let problem = match e.code() {
+            Some(c) if *c == SqlState::INVALID_PASSWORD => PgProblem::AuthenticationFailed,
+            Some(c) if *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
+                PgProblem::AuthenticationFailed
+            }
+            Some(c) if *c == SqlState::INVALID_CATALOG_NAME => PgProblem::NoSuchDatabase,
+            Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => PgProblem::PermissionDenied,
+            Some(_) => PgProblem::Other,
+            None if e.is_closed() => PgProblem::Unreachable,
+            None => {
+                let text = e.to_string();
+                if text.contains("connect") || text.contains("refused") {
+                    PgProblem::Unreachable
+                } else {
+                    PgProblem::Other
+                }
+            }
+        };
+        Error::PostgresOpen {
+            server: self.describe(),
+            problem,
+            source: Some(e),
+        }
+    }
+}
+
+/// The pool of sessions and the listening connection.
+pub(crate) struct Pool {
+    pub(crate) target: Target,
+    idle: Mutex<Vec<Session>>,
+    max_idle: usize,
+    listener: Mutex<Option<Client>>,
+    /// Written into this process's notifications, so it ignores its own.
+    token: String,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.target.fmt(f)
+    }
+}
+
+/// A session checked out of the pool; back in when dropped, unless broken.
+pub(crate) struct Checkout<'a> {
+    pool: &'a Pool,
+    session: Option<Session>,
+    /// Inside a transaction that was neither committed nor rolled back (a
+    /// panic): the session is dropped, which rolls it back.
+    in_transaction: bool,
+}
+
+impl Drop for Checkout<'_> {
+    fn drop(&mut self) {
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        if self.in_transaction || session.client.is_closed() {
+            return;
+        }
+        let mut idle = self.pool.lock_idle();
+        if idle.len() < self.pool.max_idle {
+            idle.push(session);
+        }
+    }
+}
+
+impl Pool {
+    /// Connects once (the server is there, the schema is usable) and
+    /// migrates.
+    pub(crate) fn open(target: Target, max_idle: usize) -> Result<Pool> {
+        let token = {
+            use rand::Rng;
+            format!("{:016x}", rand::rng().random::<u64>())
+        };
+        let pool = Pool {
+            target,
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+            listener: Mutex::new(None),
+            token,
+        };
+        let mut client = pool
+            .target
+            .config
+            .connect(NoTls)
+            .map_err(|e| pool.target.open_error(e))?;
+        crate::schema::pg_migrate(&mut client, &pool.target.schema)
+            .map_err(|e| pool.map_setup_error(e))?;
+        drop(client);
+        let session = pool.session()?;
+        pool.lock_idle().push(session);
+        Ok(pool)
+    }
+
+    fn map_setup_error(&self, e: Error) -> Error {
+        use postgres::error::SqlState;
+        match e {
+            Error::Postgres(pe) if pe.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+                Error::PostgresOpen {
+                    server: self.target.describe(),
+                    problem: PgProblem::PermissionDenied,
+                    source: Some(pe),
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn lock_idle(&self) -> MutexGuard<'_, Vec<Session>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn session(&self) -> Result<Session> {
+        Ok(Session {
+            client: self.target.connect()?,
+            statements: HashMap::new(),
+        })
+    }
+
+    /// A live session: an idle one that is still connected, or a new one
+    /// (after a server restart every idle one is found closed and dropped).
+    pub(crate) fn checkout(&self) -> Result<Checkout<'_>> {
+        let reused = loop {
+            let Some(s) = self.lock_idle().pop() else {
+                break None;
+            };
+            if !s.client.is_closed() {
+                break Some(s);
+            }
+        };
+        let session = match reused {
+            Some(s) => s,
+            None => self.session()?,
+        };
+        Ok(Checkout {
+            pool: self,
+            session: Some(session),
+            in_transaction: false,
+        })
+    }
+
+    /// Runs `f` in a transaction and commits if it returns `Ok`.
+    pub(crate) fn write<T>(&self, f: impl FnOnce(crate::sql::Sql<'_>) -> Result<T>) -> Result<T> {
+        let mut out = self.checkout()?;
+        let session = out.session.as_mut().expect("present until drop");
+        session.client.batch_execute("BEGIN")?;
+        out.in_transaction = true;
+        let session = out.session.take().expect("present until drop");
+        let cell = std::cell::RefCell::new(session);
+        let value = f(crate::sql::Sql::Pg(&cell));
+        let mut session = cell.into_inner();
+        let end = match &value {
+            Ok(_) => session.client.batch_execute("COMMIT"),
+            Err(_) => session.client.batch_execute("ROLLBACK"),
+        };
+        out.session = Some(session);
+        match (value, end) {
+            (Ok(v), Ok(())) => {
+                out.in_transaction = false;
+                Ok(v)
+            }
+            (Err(e), Ok(())) => {
+                out.in_transaction = false;
+                Err(e)
+            }
+            (_, Err(e)) => Err(e.into()),
+        }
+    }
+
+    /// Runs `f` outside an explicit transaction (each statement is its own).
+    pub(crate) fn read<T>(&self, f: impl FnOnce(crate::sql::Sql<'_>) -> Result<T>) -> Result<T> {
+        let mut out = self.checkout()?;
+        let session = out.session.take().expect("present until drop");
+        let cell = std::cell::RefCell::new(session);
+        let value = f(crate::sql::Sql::Pg(&cell));
+        out.session = Some(cell.into_inner());
+        value
+    }
+
+    /// The statement an emit runs to wake other hosts' dispatchers (sent
+    /// when its transaction commits; PostgreSQL folds repeats within one).
+    pub(crate) fn notify_sql(&self) -> String {
+        format!("NOTIFY {}, '{}'", self.target.channel, self.token)
+    }
+
+    /// Whether another process (or a host transaction) has notified new
+    /// work since the last call. Polls without blocking; listening starts
+    /// on the first call, and again after the connection is lost (which
+    /// counts as a change: something may have been missed).
+    pub(crate) fn changed_elsewhere(&self) -> Result<bool> {
+        let mut listener = self.listener.lock().unwrap_or_else(|e| e.into_inner());
+        let client = match listener.as_mut() {
+            Some(c) if !c.is_closed() => c,
+            _ => {
+                let mut c = self.target.connect()?;
+                c.batch_execute(&format!("LISTEN {}", self.target.channel))?;
+                *listener = Some(c);
+                return Ok(true);
+            }
+        };
+        let polled = {
+            let mut changed = false;
+            let mut notifications = client.notifications();
+            let mut iter = notifications.iter();
+            loop {
+                match fallible_next(&mut iter) {
+                    Ok(Some(n)) => changed |= n.payload() != self.token,
+                    Ok(None) => break Ok(changed),
+                    Err(e) => break Err(Error::from(e)),
+                }
+            }
+        };
+        if polled.is_err() {
+            *listener = None;
+        }
+        polled
+    }
+}
+
+fn fallible_next<I>(iter: &mut I) -> std::result::Result<Option<I::Item>, I::Error>
+where
+    I: postgres::fallible_iterator::FallibleIterator,
+{
+    iter.next()
+}
