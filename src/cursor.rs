@@ -4,10 +4,10 @@
 //! under a per-database secret, so a cursor cannot be forged, altered, or
 //! used with other filters or another organization.
 
+use crate::sql::Sql;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
-use crate::sql::Sql;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
@@ -17,10 +17,8 @@ const TAG_LEN: usize = 16;
 
 /// The database's cursor secret (made by the first migration).
 pub(crate) fn key(c: Sql<'_>) -> Result<Vec<u8>> {
-    Ok(
-        c.prepare_cached("SELECT value FROM keyhook_meta WHERE key = 'cursor_key'")?
-            .query_row((), |r| r.get(0))?,
-    )
+    c.prepare_cached("SELECT value FROM keyhook_meta WHERE key = 'cursor_key'")?
+        .query_row((), |r| r.get(0))
 }
 
 fn tag(key: &[u8], scope: &[u8], position: &[u8]) -> [u8; TAG_LEN] {

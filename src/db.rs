@@ -39,7 +39,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 
 use crate::error::{Error, OpenProblem, Result};
 use crate::schema::{FROM_LEGACY, LEGACY, MIGRATIONS};
-use crate::sql::{Engine, Sql};
+use crate::sql::Sql;
 
 /// How hard SQLite works to keep committed data on power loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -155,7 +155,10 @@ impl DatabaseBuilder {
     pub fn open_postgres(self, url: &str) -> Result<Database> {
         let target = crate::pg::Target::new(url, &self.schema, self.busy_timeout)?;
         let pool = crate::pg::Pool::open(target, self.max_idle)?;
-        Ok(Database::with_target(Target::Postgres(Arc::new(pool)), self))
+        Ok(Database::with_target(
+            Target::Postgres(Arc::new(pool)),
+            self,
+        ))
     }
 
     /// Opens a private in-memory database (for tests and examples); it is gone
@@ -301,15 +304,6 @@ impl Database {
         }
     }
 
-    /// The engine this handle runs on.
-    pub(crate) fn engine(&self) -> Engine {
-        match &self.inner.target {
-            #[cfg(feature = "postgres")]
-            Target::Postgres(_) => Engine::Postgres,
-            _ => Engine::Sqlite,
-        }
-    }
-
     /// The PostgreSQL pool, if this handle is on PostgreSQL.
     #[cfg(feature = "postgres")]
     pub(crate) fn pg(&self) -> Option<&crate::pg::Pool> {
@@ -417,10 +411,7 @@ impl Database {
     /// Like [`write`](Self::write), for background work (retention): waits
     /// until no other writer of this process is waiting, so a long series
     /// of these never delays an emit by more than one transaction.
-    pub(crate) fn write_background<T>(
-        &self,
-        f: impl FnOnce(Sql<'_>) -> Result<T>,
-    ) -> Result<T> {
+    pub(crate) fn write_background<T>(&self, f: impl FnOnce(Sql<'_>) -> Result<T>) -> Result<T> {
         let (value, commit) = self.commit(Turn::Background, f)?;
         self.sync(commit)?;
         Ok(value)
@@ -1019,7 +1010,7 @@ mod tests {
     fn file_db_with_table() -> (tempfile::TempDir, Database) {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::open(dir.path().join("db.sqlite3")).unwrap();
-        db.write(|tx| Ok(tx.execute_batch("CREATE TABLE t (x)")?))
+        db.write(|tx| tx.execute_batch("CREATE TABLE t (x)"))
             .unwrap();
         (dir, db)
     }
@@ -1043,11 +1034,11 @@ mod tests {
         assert_eq!(counts(&db), (2, 2));
         // Unsynced: committed and visible, synced only when asked.
         let ((), mark) = db
-            .write_unsynced(|tx| Ok(tx.execute_batch("CREATE TABLE t (x)")?))
+            .write_unsynced(|tx| tx.execute_batch("CREATE TABLE t (x)"))
             .unwrap();
         assert_eq!(counts(&db), (3, 2));
         let ((), later) = db
-            .write_unsynced(|tx| Ok(tx.execute_batch("INSERT INTO t VALUES (1)")?))
+            .write_unsynced(|tx| tx.execute_batch("INSERT INTO t VALUES (1)"))
             .unwrap();
         assert!(later > mark);
         db.sync(mark).unwrap();
@@ -1071,7 +1062,7 @@ mod tests {
             for _ in 0..4 {
                 s.spawn(|| {
                     for i in 0..50 {
-                        db.write(|tx| Ok(tx.execute("INSERT INTO t VALUES (?1)", [i])?))
+                        db.write(|tx| tx.execute("INSERT INTO t VALUES (?1)", [i]))
                             .unwrap();
                         let (commits, synced) = counts(&db);
                         assert!(synced <= commits);
@@ -1092,7 +1083,7 @@ mod tests {
         // once, so no later sync may be trusted.
         db.inner.sync_failed.store(true, Ordering::SeqCst);
         let err = db
-            .write(|tx| Ok(tx.execute_batch("INSERT INTO t VALUES (1)")?))
+            .write(|tx| tx.execute_batch("INSERT INTO t VALUES (1)"))
             .unwrap_err();
         assert!(matches!(err, Error::Io(_)), "{err:?}");
         assert!(err.to_string().contains("I/O"), "{err}");
@@ -1102,7 +1093,7 @@ mod tests {
         // Refused before it began: nothing was committed that cannot be
         // made durable.
         let rows: i64 = db
-            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM t", (), |r| r.get(0))?))
+            .read(|c| c.query_row("SELECT COUNT(*) FROM t", (), |r| r.get(0)))
             .unwrap();
         assert_eq!(rows, 0);
         assert_eq!(counts(&db), (1, 1));
@@ -1130,7 +1121,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite3");
         let db = Database::open(&path).unwrap();
-        db.write(|tx| Ok(tx.execute_batch("CREATE TABLE t (x)")?))
+        db.write(|tx| tx.execute_batch("CREATE TABLE t (x)"))
             .unwrap();
         let wal = std::fs::metadata(dir.path().join("db.sqlite3-wal")).unwrap();
         let guard = db.inner.wal.lock().unwrap();
@@ -1153,7 +1144,7 @@ mod tests {
     fn changes_by_other_connections_are_noticed_and_our_own_are_not() {
         let (dir, db) = file_db_with_table();
         assert!(!db.changed_elsewhere().unwrap(), "first call sets the mark");
-        db.write(|tx| Ok(tx.execute_batch("INSERT INTO t VALUES (1)")?))
+        db.write(|tx| tx.execute_batch("INSERT INTO t VALUES (1)"))
             .unwrap();
         assert!(!db.changed_elsewhere().unwrap(), "our own write");
         let other = Connection::open(dir.path().join("db.sqlite3")).unwrap();
@@ -1163,7 +1154,7 @@ mod tests {
         // Another handle on the same file is another connection.
         let second = Database::open(dir.path().join("db.sqlite3")).unwrap();
         second
-            .write(|tx| Ok(tx.execute_batch("INSERT INTO t VALUES (3)")?))
+            .write(|tx| tx.execute_batch("INSERT INTO t VALUES (3)"))
             .unwrap();
         assert!(db.changed_elsewhere().unwrap());
         assert!(
@@ -1199,7 +1190,7 @@ mod tests {
     fn a_panic_inside_a_write_leaves_the_writer_usable() {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::open(dir.path().join("db.sqlite3")).unwrap();
-        db.write(|tx| Ok(tx.execute_batch("CREATE TABLE t (x INTEGER)")?))
+        db.write(|tx| tx.execute_batch("CREATE TABLE t (x INTEGER)"))
             .unwrap();
         let db2 = db.clone();
         let panicked = std::thread::spawn(move || {
@@ -1213,7 +1204,7 @@ mod tests {
         // The half-done transaction was rolled back; the next write works.
         db.write(sync_mode).unwrap();
         let rows: i64 = db
-            .write(|tx| Ok(tx.query_row("SELECT COUNT(*) FROM t", (), |r| r.get(0))?))
+            .write(|tx| tx.query_row("SELECT COUNT(*) FROM t", (), |r| r.get(0)))
             .unwrap();
         assert_eq!(rows, 0);
     }

@@ -322,7 +322,9 @@ impl PgProblem {
             PgProblem::InvalidUrl => {
                 "the connection string is not a postgres:// URL or key=value list"
             }
-            PgProblem::Unreachable => "no server answered (is it running, and is the address right?)",
+            PgProblem::Unreachable => {
+                "no server answered (is it running, and is the address right?)"
+            }
             PgProblem::AuthenticationFailed => "the server refused the user or password",
             PgProblem::NoSuchDatabase => "the server has no such database",
             PgProblem::PermissionDenied => {
@@ -343,7 +345,10 @@ impl std::fmt::Display for PgMessage<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0.as_db_error() {
             Some(db) => write!(f, "{} ({})", db.message(), db.code().code()),
-            None => write!(f, "{}", self.0),
+            None => match std::error::Error::source(self.0) {
+                Some(cause) => write!(f, "{}: {cause}", self.0),
+                None => write!(f, "{}", self.0),
+            },
         }
     }
 }

@@ -25,7 +25,10 @@ type BoxError = Box<dyn std::error::Error + Sync + Send>;
 /// A parameter value, converted to whatever type PostgreSQL inferred for
 /// the parameter (SQLite has one integer type; PostgreSQL has three, and
 /// infers `integer` for a parameter beside an `integer` literal).
-#[derive(Debug)]
+///
+/// `Debug` shows only the kind and size: `tokio_postgres` logs every
+/// statement's parameters at DEBUG, and some are secrets (signing secrets,
+/// endpoint URLs and headers).
 pub(crate) enum Value<'a> {
     Null,
     Int(i64),
@@ -34,6 +37,19 @@ pub(crate) enum Value<'a> {
     Blob(&'a [u8]),
     /// An unsigned value over `i64::MAX`: refused when bound.
     OutOfRange,
+}
+
+impl fmt::Debug for Value<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Null => f.write_str("null"),
+            Value::Int(_) => f.write_str("<integer>"),
+            Value::Real(_) => f.write_str("<number>"),
+            Value::Text(s) => write!(f, "<text, {} bytes>", s.len()),
+            Value::Blob(b) => write!(f, "<bytes, {}>", b.len()),
+            Value::OutOfRange => f.write_str("<out of range>"),
+        }
+    }
 }
 
 impl ToSql for Value<'_> {
@@ -127,8 +143,10 @@ pub(crate) fn conversion_error(column: usize, problem: &'static str) -> Error {
 pub(crate) trait PgRun {
     fn run_query(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<Vec<postgres::Row>>;
     fn run_execute(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<u64>;
-    fn run_batch(&mut self, sql: &str) -> Result<()>;
     fn param_count(&mut self, sql: &str) -> Result<usize>;
+    /// Wakes the dispatchers of other processes when the transaction
+    /// commits (`NOTIFY`; repeats within one transaction are folded).
+    fn notify(&mut self) -> Result<()>;
 }
 
 fn values<'a>(args: &'a [&'a dyn Arg]) -> Vec<Value<'a>> {
@@ -144,6 +162,10 @@ fn refs<'a>(values: &'a [Value<'a>]) -> Vec<&'a (dyn ToSql + Sync)> {
 pub(crate) struct Session {
     client: Client,
     statements: HashMap<String, Statement>,
+    /// The `NOTIFY` statement of this database and process.
+    notify: std::sync::Arc<str>,
+    /// Inside `BEGIN` (a write).
+    in_transaction: bool,
 }
 
 /// Prepared statements kept per session; past this the cache starts over
@@ -155,7 +177,7 @@ impl Session {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let stmt = self.client.prepare(&translate(sql))?;
+        let stmt = prepare(&mut self.client, &translate(sql), self.in_transaction)?;
         if self.statements.len() >= MAX_STATEMENTS {
             self.statements.clear();
         }
@@ -177,32 +199,122 @@ impl PgRun for Session {
         Ok(self.client.execute(&stmt, &refs(&values))?)
     }
 
-    fn run_batch(&mut self, sql: &str) -> Result<()> {
-        Ok(self.client.batch_execute(sql)?)
-    }
-
     fn param_count(&mut self, sql: &str) -> Result<usize> {
         Ok(self.statement(sql)?.params().len())
     }
+
+    fn notify(&mut self) -> Result<()> {
+        Ok(self.client.batch_execute(&self.notify)?)
+    }
 }
 
-impl PgRun for postgres::Transaction<'_> {
+/// Prepares `sql` with `prepare_typed`. A parameter the statement does not
+/// use (SQL built from filters numbers its parameters once) has no type
+/// PostgreSQL can infer: it is declared `text` and prepared again; the
+/// others stay `unknown`, which PostgreSQL infers as usual. Integer
+/// parameters are made `bigint`.
+/// Inside a transaction each try runs in a savepoint: a failed prepare
+/// would abort the transaction.
+fn prepare<C: postgres::GenericClient>(
+    client: &mut C,
+    sql: &str,
+    in_tx: bool,
+) -> Result<Statement> {
+    let mut types: Vec<Type> = Vec::new();
+    loop {
+        if in_tx {
+            client.batch_execute("SAVEPOINT keyhook_prepare")?;
+        }
+        let prepared = client.prepare_typed(sql, &types);
+        if in_tx {
+            client.batch_execute(match prepared {
+                Ok(_) => "RELEASE keyhook_prepare",
+                Err(_) => "ROLLBACK TO keyhook_prepare; RELEASE keyhook_prepare",
+            })?;
+        }
+        match prepared {
+            // keyhook's integers are 64-bit: a parameter PostgreSQL took
+            // for a 32-bit one (beside an integer literal, `?2 - 1000`)
+            // is declared `bigint` instead, so no timestamp overflows it.
+            Ok(stmt)
+                if stmt
+                    .params()
+                    .iter()
+                    .any(|t| *t == Type::INT4 || *t == Type::INT2) =>
+            {
+                types = stmt
+                    .params()
+                    .iter()
+                    .zip(types.iter().chain(std::iter::repeat(&Type::UNKNOWN)))
+                    .map(|(found, declared)| match *found {
+                        Type::INT4 | Type::INT2 => Type::INT8,
+                        _ => declared.clone(),
+                    })
+                    .collect();
+            }
+            Ok(stmt) => return Ok(stmt),
+            Err(e) => {
+                // A parameter without a type (unused), or used both beside
+                // a 32-bit literal and as a 64-bit column: declared.
+                let declared = e.as_db_error().and_then(|db| {
+                    let n = db
+                        .message()
+                        .rsplit_once('$')
+                        .and_then(|(_, n)| n.parse::<usize>().ok())
+                        .filter(|&n| (1..=100).contains(&n))?;
+                    let code = db.code();
+                    if *code == postgres::error::SqlState::INDETERMINATE_DATATYPE {
+                        Some((n, Type::TEXT))
+                    } else if *code == postgres::error::SqlState::AMBIGUOUS_PARAMETER
+                        && db.detail().is_some_and(|d| d.contains("bigint"))
+                    {
+                        Some((n, Type::INT8))
+                    } else {
+                        None
+                    }
+                });
+                match declared.filter(|(n, ty)| types.get(n - 1) != Some(ty)) {
+                    Some((n, ty)) => {
+                        if types.len() < n {
+                            types.resize(n, Type::UNKNOWN);
+                        }
+                        types[n - 1] = ty;
+                    }
+                    None => return Err(e.into()),
+                }
+            }
+        }
+    }
+}
+
+/// A host's own transaction, for `emit_in_postgres`.
+pub(crate) struct HostTx<'a, 'b> {
+    pub(crate) tx: &'a mut postgres::Transaction<'b>,
+    pub(crate) notify: std::sync::Arc<str>,
+}
+
+impl PgRun for HostTx<'_, '_> {
     fn run_query(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<Vec<postgres::Row>> {
+        let translated = translate(sql);
+        let stmt = prepare(self.tx, &translated, true)?;
         let values = values(args);
-        Ok(self.query(translate(sql).as_str(), &refs(&values))?)
+        Ok(self.tx.query(&stmt, &refs(&values))?)
     }
 
     fn run_execute(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<u64> {
+        let translated = translate(sql);
+        let stmt = prepare(self.tx, &translated, true)?;
         let values = values(args);
-        Ok(self.execute(translate(sql).as_str(), &refs(&values))?)
-    }
-
-    fn run_batch(&mut self, sql: &str) -> Result<()> {
-        Ok(self.batch_execute(sql)?)
+        Ok(self.tx.execute(&stmt, &refs(&values))?)
     }
 
     fn param_count(&mut self, sql: &str) -> Result<usize> {
-        Ok(self.prepare(&translate(sql))?.params().len())
+        let translated = translate(sql);
+        Ok(prepare(self.tx, &translated, true)?.params().len())
+    }
+
+    fn notify(&mut self) -> Result<()> {
+        Ok(self.tx.batch_execute(&self.notify)?)
     }
 }
 
@@ -321,6 +433,8 @@ pub(crate) struct Pool {
     listener: Mutex<Option<Client>>,
     /// Written into this process's notifications, so it ignores its own.
     token: String,
+    /// `NOTIFY channel, 'token'`.
+    pub(crate) notify: std::sync::Arc<str>,
 }
 
 impl fmt::Debug for Pool {
@@ -361,12 +475,14 @@ impl Pool {
             use rand::Rng;
             format!("{:016x}", rand::rng().random::<u64>())
         };
+        let notify = format!("NOTIFY {}, '{token}'", target.channel).into();
         let pool = Pool {
             target,
             idle: Mutex::new(Vec::new()),
             max_idle,
             listener: Mutex::new(None),
             token,
+            notify,
         };
         let mut client = pool
             .target
@@ -403,6 +519,8 @@ impl Pool {
         Ok(Session {
             client: self.target.connect()?,
             statements: HashMap::new(),
+            notify: self.notify.clone(),
+            in_transaction: false,
         })
     }
 
@@ -434,10 +552,12 @@ impl Pool {
         let session = out.session.as_mut().expect("present until drop");
         session.client.batch_execute("BEGIN")?;
         out.in_transaction = true;
-        let session = out.session.take().expect("present until drop");
+        let mut session = out.session.take().expect("present until drop");
+        session.in_transaction = true;
         let cell = std::cell::RefCell::new(session);
         let value = f(crate::sql::Sql::Pg(&cell));
         let mut session = cell.into_inner();
+        session.in_transaction = false;
         let end = match &value {
             Ok(_) => session.client.batch_execute("COMMIT"),
             Err(_) => session.client.batch_execute("ROLLBACK"),
@@ -464,12 +584,6 @@ impl Pool {
         let value = f(crate::sql::Sql::Pg(&cell));
         out.session = Some(cell.into_inner());
         value
-    }
-
-    /// The statement an emit runs to wake other hosts' dispatchers (sent
-    /// when its transaction commits; PostgreSQL folds repeats within one).
-    pub(crate) fn notify_sql(&self) -> String {
-        format!("NOTIFY {}, '{}'", self.target.channel, self.token)
     }
 
     /// Whether another process (or a host transaction) has notified new

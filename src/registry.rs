@@ -365,9 +365,9 @@ impl WebhookRegistry {
                 "UPDATE keyhook_event_types SET
                      description = COALESCE(?2, description),
                      example = CASE WHEN ?3 THEN ?4 ELSE example END,
-                     deprecated_at = CASE ?5 WHEN 1 THEN COALESCE(deprecated_at, ?7)
+                     deprecated_at = CASE CAST(?5 AS INTEGER) WHEN 1 THEN COALESCE(deprecated_at, ?7)
                                              WHEN 0 THEN NULL ELSE deprecated_at END,
-                     archived_at = CASE ?6 WHEN 1 THEN COALESCE(archived_at, ?7)
+                     archived_at = CASE CAST(?6 AS INTEGER) WHEN 1 THEN COALESCE(archived_at, ?7)
                                            WHEN 0 THEN NULL ELSE archived_at END
                  WHERE name = ?1",
                 params![
@@ -395,7 +395,7 @@ impl WebhookRegistry {
                 "SELECT {EVENT_TYPE_COLUMNS} FROM keyhook_event_types ORDER BY name"
             ))?;
             let rows = stmt.query_map((), event_type_row)?;
-            Ok(rows.collect::<Result<_>>()?)
+            rows.collect::<Result<_>>()
         })
     }
 
@@ -529,9 +529,9 @@ impl WebhookRegistry {
             tx.execute(
                 "UPDATE keyhook_endpoints SET url = ?2, description = ?3, all_event_types = ?4,
                      headers = ?5, enabled = ?6, updated_at = ?7,
-                     disabled_reason = CASE WHEN ?6 THEN NULL ELSE disabled_reason END,
-                     disabled_at = CASE WHEN ?6 THEN NULL ELSE COALESCE(disabled_at, ?7) END,
-                     failing_since = CASE WHEN ?6 AND enabled = 0 THEN NULL ELSE failing_since END
+                     disabled_reason = CASE WHEN ?6 = 1 THEN NULL ELSE disabled_reason END,
+                     disabled_at = CASE WHEN ?6 = 1 THEN NULL ELSE COALESCE(disabled_at, ?7) END,
+                     failing_since = CASE WHEN ?6 = 1 AND enabled = 0 THEN NULL ELSE failing_since END
                  WHERE row_id = ?1",
                 params![
                     row,
@@ -752,6 +752,7 @@ fn unpark_deliveries(tx: Sql<'_>, endpoint_row: i64, now: i64) -> Result<()> {
          WHERE endpoint_row = ?1 AND state = 0 AND next_attempt_at IS NULL",
     )?
     .execute(params![endpoint_row, now])?;
+    tx.notify()?;
     Ok(())
 }
 
@@ -870,15 +871,11 @@ fn load_types(c: Sql<'_>, row: i64) -> Result<Vec<String>> {
         "SELECT event_type FROM keyhook_endpoint_event_types WHERE endpoint_row = ?1 ORDER BY event_type",
     )?;
     let rows = stmt.query_map([row], |r| r.get(0))?;
-    Ok(rows.collect::<Result<_>>()?)
+    rows.collect::<Result<_>>()
 }
 
 /// The endpoint's internal row id and its public form.
-pub(crate) fn get_endpoint(
-    c: Sql<'_>,
-    org: &str,
-    id: &str,
-) -> Result<(i64, Endpoint)> {
+pub(crate) fn get_endpoint(c: Sql<'_>, org: &str, id: &str) -> Result<(i64, Endpoint)> {
     let (row, mut ep) = c
         .prepare_cached(&format!(
             "SELECT {ENDPOINT_COLUMNS} FROM keyhook_endpoints WHERE org_id = ?1 AND id = ?2"

@@ -642,7 +642,10 @@ pub(crate) fn pg_migrate(client: &mut postgres::Client, schema: &str) -> crate::
          )"
     ))?;
     let found: i64 = tx
-        .query_one("SELECT COALESCE(MAX(version), 0) FROM keyhook_migrations", &[])?
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM keyhook_migrations",
+            &[],
+        )?
         .get(0);
     let supported = PG_MIGRATIONS.len() as u32;
     let found = u32::try_from(found).unwrap_or(u32::MAX);

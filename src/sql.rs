@@ -69,12 +69,19 @@ impl<'a> Sql<'a> {
         }
     }
 
-    /// A statement for one use (SQLite does not keep it).
+    /// A statement (unit tests).
+    #[cfg(test)]
     pub(crate) fn prepare(&self, sql: &str) -> Result<Stmt<'a>> {
+        self.prepare_cached(sql)
+    }
+
+    /// Runs several statements without parameters (SQLite unit tests).
+    #[cfg(test)]
+    pub(crate) fn execute_batch(&self, sql: &str) -> Result<()> {
         match *self {
-            Sql::Lite(c) => Ok(Stmt::Lite(c.prepare_cached(sql)?)),
+            Sql::Lite(c) => Ok(c.execute_batch(sql)?),
             #[cfg(feature = "postgres")]
-            Sql::Pg(c) => Ok(Stmt::Pg(c, sql.to_owned())),
+            Sql::Pg(_) => unreachable!("unit tests run on SQLite"),
         }
     }
 
@@ -94,12 +101,14 @@ impl<'a> Sql<'a> {
         self.prepare_cached(sql)?.query_row(params, f)
     }
 
-    /// Runs several statements without parameters (migrations).
-    pub(crate) fn execute_batch(&self, sql: &str) -> Result<()> {
+    /// Wakes other processes' dispatchers once this transaction commits:
+    /// new work is due. PostgreSQL sends a `NOTIFY` (folded with repeats);
+    /// on SQLite they notice any commit through `data_version`.
+    pub(crate) fn notify(&self) -> Result<()> {
         match *self {
-            Sql::Lite(c) => Ok(c.execute_batch(sql)?),
+            Sql::Lite(_) => Ok(()),
             #[cfg(feature = "postgres")]
-            Sql::Pg(c) => c.borrow_mut().run_batch(sql),
+            Sql::Pg(c) => c.borrow_mut().notify(),
         }
     }
 }
@@ -185,7 +194,9 @@ impl Stmt<'_> {
 
     /// Whether the query returns a row.
     pub(crate) fn exists(&mut self, params: impl Params) -> Result<bool> {
-        self.query_row(params, |_| Ok(())).optional().map(|r| r.is_some())
+        self.query_row(params, |_| Ok(()))
+            .optional()
+            .map(|r| r.is_some())
     }
 }
 
@@ -424,6 +435,21 @@ impl<T: Col> Col for Option<T> {
 /// 64-bit. Anything else must be written in SQL both engines accept.
 #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) fn translate(stmt: &str) -> String {
+    // Delivery ids (`dlv_`, the time in 11 hex digits, 16 random ones):
+    // PostgreSQL has neither printf nor randomblob.
+    let ids;
+    let stmt = if stmt.contains("printf('%011x', ") {
+        ids = stmt
+            .replace(
+                "lower(hex(randomblob(8)))",
+                "substr(md5(CAST(gen_random_uuid() AS text)), 1, 16)",
+            )
+            .replace("printf('%011x', ", "lpad(to_hex(CAST(")
+            .replace(") || substr(md5", " AS BIGINT)), 11, '0') || substr(md5");
+        ids.as_str()
+    } else {
+        stmt
+    };
     let b = stmt.as_bytes();
     let mut out = String::with_capacity(stmt.len() + 16);
     let mut i = 0;
@@ -470,11 +496,29 @@ pub(crate) fn translate(stmt: &str) -> String {
                 i += 1;
             }
         } else if word_at(i, "json_each(?") {
-            let digits = b[i + 11..].iter().take_while(|d| d.is_ascii_digit()).count();
+            let digits = b[i + 11..]
+                .iter()
+                .take_while(|d| d.is_ascii_digit())
+                .count();
             out.push_str("json_array_elements_text(CAST($");
             out.push_str(&stmt[i + 11..i + 11 + digits]);
             out.push_str(" AS json)) AS json_each(value)");
             i += 11 + digits + 1;
+        } else if word_at(i, "CROSS JOIN ") {
+            // SQLite's join-order hint; PostgreSQL wants a plain JOIN
+            // before ON.
+            let rest = stmt[i + 11..].to_ascii_uppercase();
+            let ends = [" WHERE ", " JOIN ", " ORDER ", " LIMIT ", ")"]
+                .iter()
+                .filter_map(|w| rest.find(w))
+                .min()
+                .unwrap_or(rest.len());
+            let with_on = rest
+                .find(" ON ")
+                .or_else(|| rest.find("\nON ").map(|p| p + 1))
+                .is_some_and(|p| p < ends);
+            out.push_str(if with_on { "JOIN " } else { "CROSS JOIN " });
+            i += 11;
         } else if word_at(i, "AS INTEGER)") {
             out.push_str("AS BIGINT)");
             i += "AS INTEGER)".len();
@@ -542,6 +586,10 @@ mod tests {
         );
         assert_eq!(translate("VALUES (?, ?)"), "VALUES ($1, $2)");
         assert_eq!(
+            translate("FROM a CROSS JOIN b ON b.x = a.x CROSS JOIN c WHERE c.y = 1"),
+            "FROM a JOIN b ON b.x = a.x CROSS JOIN c WHERE c.y = 1"
+        );
+        assert_eq!(
             translate("SELECT 1 LIMIT (SELECT ?7)"),
             "SELECT 1 LIMIT CAST($7 AS BIGINT)"
         );
@@ -552,6 +600,10 @@ mod tests {
         assert_eq!(
             translate("SELECT max(a, min(b, 2)), MAX(c), count(*) FROM t"),
             "SELECT GREATEST(a, LEAST(b, 2)), MAX(c), count(*) FROM t"
+        );
+        assert_eq!(
+            translate("SELECT 'dlv_' || printf('%011x', ?3) || lower(hex(randomblob(8))), 1"),
+            "SELECT 'dlv_' || lpad(to_hex(CAST($3 AS BIGINT)), 11, '0') || substr(md5(CAST(gen_random_uuid() AS text)), 1, 16), 1"
         );
         assert_eq!(
             translate("SELECT '?1 max(a, b)' -- ?2\n, ?3"),

@@ -232,7 +232,7 @@ fn whole_lifecycle() {
 
 #[test]
 fn revocation_survives_raw_sql() {
-    let t = TempDb::new();
+    let t = TempDb::sqlite();
     let store = enabled_store(&t.db);
     let (key, plaintext) = create(&store, ORG, "leaked");
     store.revoke(ORG, &key.id).unwrap();

@@ -84,7 +84,7 @@ fn child_process_entry() {
     let Ok(role) = std::env::var(ROLE_VAR) else {
         return;
     };
-    let db_path = PathBuf::from(std::env::var(DB_VAR).expect("KEYHOOK_CHILD_DB"));
+    let db_path = std::env::var(DB_VAR).expect("KEYHOOK_CHILD_DB");
     match role.as_str() {
         "emit" => {
             let start = std::env::var(START_VAR)
@@ -94,6 +94,14 @@ fn child_process_entry() {
             child_emit(&db_path, start)
         }
         "one_worker" => child_one_worker(&db_path),
+        "emit_deliver" => {
+            let start = std::env::var(START_VAR)
+                .expect("KEYHOOK_CHILD_START")
+                .parse()
+                .expect("a start index");
+            let stop = PathBuf::from(std::env::var(STOP_VAR).expect("KEYHOOK_CHILD_STOP_FILE"));
+            child_emit_deliver(&db_path, start, &stop);
+        }
         "deliver" => {
             let stop = PathBuf::from(std::env::var(STOP_VAR).expect("KEYHOOK_CHILD_STOP_FILE"));
             child_deliver(&db_path, &stop);
@@ -110,8 +118,8 @@ fn say(line: &str) {
 }
 
 /// Delivers with four workers while emitting events `start..`, printing each id once `emit` has returned, until it is killed.
-fn child_emit(db_path: &Path, start: u64) -> ! {
-    let db = Database::open(db_path).expect("open the database in the child");
+fn child_emit(db_path: &str, start: u64) -> ! {
+    let db = common::open_located(db_path);
     let registry = loopback_registry(&db);
     let dispatcher = Dispatcher::builder(&db, &registry)
         .workers(4)
@@ -135,8 +143,8 @@ fn child_emit(db_path: &Path, start: u64) -> ! {
 }
 
 /// Delivers with one worker (5 s request timeout) until it is killed.
-fn child_one_worker(db_path: &Path) -> ! {
-    let db = Database::open(db_path).expect("open the database in the child");
+fn child_one_worker(db_path: &str) -> ! {
+    let db = common::open_located(db_path);
     let registry = loopback_registry(&db);
     let _dispatcher = Dispatcher::builder(&db, &registry)
         .workers(1)
@@ -150,10 +158,36 @@ fn child_one_worker(db_path: &Path) -> ! {
     }
 }
 
+/// Emits events `start..start + 1000` while delivering with four workers,
+/// as one of several app servers; prints their ids, then delivers until
+/// `stop` exists and shuts down cleanly.
+fn child_emit_deliver(db_path: &str, start: u64, stop: &Path) {
+    let db = common::open_located(db_path);
+    let registry = loopback_registry(&db);
+    let dispatcher = Dispatcher::builder(&db, &registry)
+        .workers(4)
+        .poll_interval(Duration::from_millis(500))
+        .start()
+        .expect("start the dispatcher");
+    say(READY);
+    for i in start..start + 1000 {
+        let id = dispatcher
+            .emit(ORG, EVENT_TYPE, &serde_json::json!({ "i": i }))
+            .expect("emit");
+        say(&format!("{ACK}{i} {id}"));
+    }
+    while !stop.exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    dispatcher
+        .shutdown(Duration::from_secs(15))
+        .expect("shut down");
+}
+
 /// Delivers with four workers until `stop` exists, then shuts down cleanly
 /// and reports how many attempts it made.
-fn child_deliver(db_path: &Path, stop: &Path) {
-    let db = Database::open(db_path).expect("open the database in the child");
+fn child_deliver(db_path: &str, stop: &Path) {
+    let db = common::open_located(db_path);
     let registry = loopback_registry(&db);
     let attempts = Arc::new(AtomicU64::new(0));
     let delivered = Arc::new(AtomicU64::new(0));
@@ -316,7 +350,7 @@ fn killed_processes_lose_no_acknowledged_event() {
     });
     let t = TempDb::new();
     let registry = prepare(&t.db, &rx);
-    let db_path = t.path().to_str().expect("a UTF-8 temp path").to_owned();
+    let db_path = t.locator();
 
     // Index -> event id, for every emit the child saw return.
     let mut acked: HashMap<u64, String> = HashMap::new();
@@ -460,8 +494,9 @@ fn two_processes_deliver_each_event_once() {
     let rx = Receiver::ok();
     let t = TempDb::new();
     let registry = prepare(&t.db, &rx);
-    let db_path = t.path().to_str().expect("a UTF-8 temp path").to_owned();
-    let stop = t.path().with_file_name("stop");
+    let db_path = t.locator();
+    let stop_dir = tempfile::tempdir().unwrap();
+    let stop = stop_dir.path().join("stop");
     let envs = [
         (DB_VAR, db_path),
         (
@@ -576,7 +611,7 @@ fn a_dead_process_s_unsent_claims_do_not_stall_a_failing_endpoint() {
         1 => Reply::status(204).delay(Duration::from_secs(8)),
         _ => Reply::status(204),
     });
-    let t = TempDb::new();
+    let t = TempDb::sqlite();
     let registry = prepare(&t.db, &rx);
     // Proven healthy first, so the child prefetches its claims.
     let d = Dispatcher::builder(&t.db, &registry)
@@ -597,7 +632,7 @@ fn a_dead_process_s_unsent_claims_do_not_stall_a_failing_endpoint() {
             .unwrap();
     }
     phase.store(1, Ordering::SeqCst);
-    let db_path = t.path().to_str().expect("a UTF-8 temp path").to_owned();
+    let db_path = t.locator();
     let mut child = ChildProc::spawn("one_worker", &[(DB_VAR, db_path)]);
     child.wait_ready();
     // The 500, then a request that hangs; the failure is recorded.
@@ -638,4 +673,79 @@ fn a_dead_process_s_unsent_claims_do_not_stall_a_failing_endpoint() {
         "the failing endpoint waited {waited:?} after the restart"
     );
     d.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+/// Three app servers on one database (a SQLite file, or PostgreSQL under
+/// `KEYHOOK_TEST_POSTGRES`), each running a dispatcher and emitting 1,000
+/// events to a healthy receiver: every event arrives exactly once, whichever
+/// process claims it.
+#[test]
+fn three_processes_emit_and_deliver_each_event_once() {
+    const PER_CHILD: u64 = 1000;
+    let _heavy = heavy();
+    let began = Instant::now();
+    let rx = Receiver::ok();
+    let t = TempDb::new();
+    prepare(&t.db, &rx);
+    let stop_dir = tempfile::tempdir().unwrap();
+    let stop = stop_dir.path().join("stop");
+    let mut children: Vec<ChildProc> = (0..3u64)
+        .map(|n| {
+            ChildProc::spawn(
+                "emit_deliver",
+                &[
+                    (DB_VAR, t.locator()),
+                    (START_VAR, (n * PER_CHILD).to_string()),
+                    (STOP_VAR, stop.to_str().unwrap().to_owned()),
+                ],
+            )
+        })
+        .collect();
+    for child in &mut children {
+        child.wait_ready();
+    }
+    let total = 3 * PER_CHILD as usize;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut expected: HashSet<String> = HashSet::new();
+    loop {
+        for child in &children {
+            expected.extend(child.take_lines().into_iter().filter_map(|l| {
+                l.strip_prefix(ACK)
+                    .and_then(|rest| rest.split_once(' '))
+                    .map(|(_, id)| id.to_owned())
+            }));
+        }
+        let seen: HashSet<String> = webhook_ids(&rx).into_iter().collect();
+        if expected.len() == total && expected.iter().all(|id| seen.contains(id)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {total} emits acknowledged, {} arrived within 120 s",
+            expected.len(),
+            expected.iter().filter(|id| seen.contains(*id)).count()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let all_arrived = began.elapsed();
+    // Room for a late duplicate to show up.
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(&stop, b"stop").unwrap();
+    for child in &mut children {
+        let status = child.wait(Duration::from_secs(20));
+        assert!(status.success(), "a child failed: {status:?}");
+    }
+    let ids = webhook_ids(&rx);
+    let per_id = counts(&ids);
+    let duplicated = per_id.values().filter(|n| **n > 1).count();
+    println!(
+        "three processes: {total} events, {} requests, {duplicated} duplicated, all arrived at {all_arrived:.1?}",
+        ids.len()
+    );
+    assert_eq!(duplicated, 0, "events arrived more than once");
+    assert!(
+        per_id.keys().all(|id| expected.contains(*id)),
+        "a stray request"
+    );
+    assert_eq!(ids.len(), total);
 }

@@ -958,11 +958,9 @@ fn response_excerpt_is_truncated() {
     d.shutdown(WAIT).unwrap();
 }
 
-/// Events stored in the database file, counted with plain rusqlite.
+/// Events stored in the database, counted with the engine's plain client.
 fn stored_events(t: &TempDb) -> i64 {
-    let conn = rusqlite::Connection::open(t.path()).unwrap();
-    conn.query_row("SELECT COUNT(*) FROM keyhook_events", [], |r| r.get(0))
-        .unwrap()
+    t.count("SELECT COUNT(*) FROM keyhook_events")
 }
 
 #[test]

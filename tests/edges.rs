@@ -354,7 +354,7 @@ fn opening_under_a_file_says_so() {
 
 #[test]
 fn a_read_only_uri_is_refused_at_open() {
-    let t = TempDb::new();
+    let t = TempDb::sqlite();
     let uri = format!("file:{}?mode=ro", t.path().display());
     let err = open_err(Path::new(&uri));
     assert_says(&err, Path::new(&uri), OpenProblem::ReadOnly, "read-only");

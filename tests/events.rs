@@ -34,10 +34,7 @@ fn setup() -> (TempDb, WebhookRegistry) {
 }
 
 fn events_stored(t: &TempDb) -> i64 {
-    rusqlite::Connection::open(t.path())
-        .unwrap()
-        .query_row("SELECT COUNT(*) FROM keyhook_events", [], |r| r.get(0))
-        .unwrap()
+    t.count("SELECT COUNT(*) FROM keyhook_events")
 }
 
 fn wait_delivered(d: &Dispatcher, id: &str) {

@@ -27,7 +27,9 @@ const WAIT: Duration = Duration::from_secs(30);
 /// A database file whose writers give up after `busy`, and a loopback
 /// registry with the event type.
 fn setup(busy: Duration) -> (TempDb, Database, WebhookRegistry) {
-    let t = TempDb::new();
+    // Faults of SQLite itself (its file, its locks): on a file whatever
+    // the engine under test.
+    let t = TempDb::sqlite();
     let db = Database::builder()
         .busy_timeout(busy)
         .open(t.path())

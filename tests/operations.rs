@@ -10,7 +10,6 @@ mod receiver;
 
 use std::collections::HashSet;
 use std::fmt::Debug;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -37,13 +36,20 @@ const WAIT: Duration = Duration::from_secs(10);
 const SETTLE: Duration = Duration::from_millis(400);
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
+const TYPES: &[(&str, &str)] = &[
+    (CREATED, "A new referred purchase"),
+    (PAID, "A payout was sent"),
+    (GONE, "An account was closed"),
+    (QUIET, "A report is ready"),
+];
+
 fn setup() -> (TempDb, WebhookRegistry) {
-    loopback_setup(&[
-        (CREATED, "A new referred purchase"),
-        (PAID, "A payout was sent"),
-        (GONE, "An account was closed"),
-        (QUIET, "A report is ready"),
-    ])
+    loopback_setup(TYPES)
+}
+
+/// For tests of SQLite itself (a host's own rusqlite transaction).
+fn setup_sqlite() -> (TempDb, WebhookRegistry) {
+    common::loopback_setup_sqlite(TYPES)
 }
 
 /// Short settings suited to tests; no auto-disable unless a test asks.
@@ -195,12 +201,6 @@ fn host_order<'c>(host: &'c mut Connection, note: &str) -> Transaction<'c> {
     tx.execute("INSERT INTO host_orders (note) VALUES (?1)", [note])
         .unwrap();
     tx
-}
-
-fn count(path: &Path, sql: &str) -> i64 {
-    let c = Connection::open(path).unwrap();
-    c.busy_timeout(Duration::from_secs(5)).unwrap();
-    c.query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
 #[track_caller]
@@ -788,7 +788,7 @@ fn gone_disables_the_endpoint_and_an_exhausted_schedule_is_noticed() {
 
 #[test]
 fn emit_in_exists_only_if_the_host_transaction_commits() {
-    let (t, registry) = setup();
+    let (t, registry) = setup_sqlite();
     let rx = Receiver::ok();
     let ep = endpoint(&registry, ORG, &rx.url("/"), &[CREATED]);
     // A long poll: only `wake` makes the commit arrive within the deadline.
@@ -878,9 +878,10 @@ fn emit_in_exists_only_if_the_host_transaction_commits() {
 
 #[test]
 fn commits_by_other_connections_are_noticed_without_wake() {
+    // SQLite: `data_version`; PostgreSQL: `emit_in_postgres` in postgres.rs.
     // A poll of a minute: only the watch on other connections' commits can
     // bring these within the deadline.
-    let (t, registry) = setup();
+    let (t, registry) = setup_sqlite();
     let rx = Receiver::ok();
     endpoint(&registry, ORG, &rx.url("/"), &[CREATED]);
     let d = builder(&t, &registry)
@@ -945,15 +946,12 @@ fn purge_removes_finished_deliveries_attempts_and_events_but_never_pending() {
     wait_for_state(&d, ORG, &ok.endpoint.id, DeliveryState::Delivered, 2);
     wait_for_state(&d, ORG, &gone.endpoint.id, DeliveryState::Failed, 1);
     wait_for_attempts(&d, ORG, &down.endpoint.id, 1, 1);
-    assert_eq!(count(t.path(), "SELECT COUNT(*) FROM keyhook_attempts"), 4);
+    assert_eq!(t.count("SELECT COUNT(*) FROM keyhook_attempts"), 4);
 
     // Nothing is that old yet.
     let none = d.purge(Duration::from_secs(3600)).unwrap();
     assert_eq!((none.events, none.deliveries), (0, 0));
-    assert_eq!(
-        count(t.path(), "SELECT COUNT(*) FROM keyhook_deliveries"),
-        4
-    );
+    assert_eq!(t.count("SELECT COUNT(*) FROM keyhook_deliveries"), 4);
 
     std::thread::sleep(Duration::from_millis(5));
     let report = d.purge(Duration::ZERO).unwrap();
@@ -968,8 +966,8 @@ fn purge_removes_finished_deliveries_attempts_and_events_but_never_pending() {
     assert_eq!(kept.len(), 1);
     assert_eq!(kept[0].state, DeliveryState::Pending);
     assert_eq!(kept[0].attempts.len(), 1);
-    assert_eq!(count(t.path(), "SELECT COUNT(*) FROM keyhook_attempts"), 1);
-    assert_eq!(count(t.path(), "SELECT COUNT(*) FROM keyhook_events"), 1);
+    assert_eq!(t.count("SELECT COUNT(*) FROM keyhook_attempts"), 1);
+    assert_eq!(t.count("SELECT COUNT(*) FROM keyhook_events"), 1);
     assert_eq!(d.backlog(ORG).unwrap(), 1);
 
     let again = d.purge(Duration::ZERO).unwrap();
@@ -1006,10 +1004,7 @@ fn background_retention_purges_finished_deliveries_only() {
     assert_eq!(kept.len(), 1);
     assert_eq!(kept[0].state, DeliveryState::Pending);
     assert_eq!(all(&d, ORG, &down.endpoint.id, None).len(), 1);
-    assert_eq!(
-        count(t.path(), "SELECT COUNT(*) FROM keyhook_deliveries"),
-        1
-    );
+    assert_eq!(t.count("SELECT COUNT(*) FROM keyhook_deliveries"), 1);
     d.shutdown(WAIT).unwrap();
 }
 

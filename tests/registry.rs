@@ -253,20 +253,22 @@ fn verify_with(
     )
 }
 
-/// Expiry times (ms) of the endpoint's stored secrets, read with plain SQLite.
-fn stored_expiries(path: &std::path::Path, endpoint_id: &str) -> Vec<Option<i64>> {
-    let conn = rusqlite::Connection::open(path).unwrap();
-    let mut stmt = conn
-        .prepare(
-            "SELECT s.expires_at FROM keyhook_endpoint_secrets s
-             JOIN keyhook_endpoints e ON e.row_id = s.endpoint_row
-             WHERE e.id = ?1 ORDER BY s.row_id",
-        )
-        .unwrap();
-    stmt.query_map([endpoint_id], |r| r.get(0))
-        .unwrap()
-        .collect::<rusqlite::Result<_>>()
-        .unwrap()
+/// Expiry times (ms) of the endpoint's stored secrets, read with the
+/// engine's plain client.
+fn stored_expiries(t: &TempDb, endpoint_id: &str) -> Vec<Option<i64>> {
+    let from = format!(
+        "FROM keyhook_endpoint_secrets s JOIN keyhook_endpoints e ON e.row_id = s.endpoint_row
+         WHERE e.id = '{endpoint_id}'"
+    );
+    let n = t.count(&format!("SELECT COUNT(*) {from}"));
+    (0..n)
+        .map(|k| {
+            let at = t.count(&format!(
+                "SELECT COALESCE(s.expires_at, -1) {from} ORDER BY s.row_id LIMIT 1 OFFSET {k}"
+            ));
+            (at >= 0).then_some(at)
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -373,8 +375,8 @@ fn create_list_get_update_delete() {
     assert_eq!(reg.list(ORG).unwrap(), std::slice::from_ref(&second));
 
     // The secrets went with it (foreign keys cascade in the file).
-    assert!(stored_expiries(tmp.path(), &first.id).is_empty());
-    assert_eq!(stored_expiries(tmp.path(), &second.id), [None]);
+    assert!(stored_expiries(&tmp, &first.id).is_empty());
+    assert_eq!(stored_expiries(&tmp, &second.id), [None]);
 
     not_found(reg.get(ORG, "ep_does_not_exist"), "ep_does_not_exist");
 }
@@ -639,7 +641,7 @@ fn default_rotation_grace_is_24_hours() {
     );
 
     let day = 24 * 3600 * 1000;
-    let expiries = stored_expiries(tmp.path(), id);
+    let expiries = stored_expiries(&tmp, id);
     assert_eq!(expiries.len(), 2, "{expiries:?}");
     let old_expiry = expiries[0].expect("the old secret has an expiry");
     assert!(

@@ -5,9 +5,9 @@ mod format;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::sql::{Optional, Row, Sql, params};
 use hmac::{Hmac, Mac};
 use rusqlite::types::Type;
-use crate::sql::{Optional, Row, Sql, params};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -533,7 +533,7 @@ impl ApiKeyStore {
                  ORDER BY created_at DESC, row_id DESC"
             ))?;
             let rows = stmt.query_map([org], |r| key_from_row(r, now))?;
-            Ok(rows.collect::<Result<Vec<_>>>()?)
+            rows.collect::<Result<Vec<_>>>()
         })
     }
 
@@ -568,13 +568,7 @@ impl ApiKeyStore {
             let mut rows = stmt
                 .query_map(
                     params![org, now, before_at, before_row, query.limit as i64 + 1],
-                    |r| {
-                        Ok((
-                            key_from_row(r, now)?,
-                            r.get::<i64>(7)?,
-                            r.get::<i64>(13)?,
-                        ))
-                    },
+                    |r| Ok((key_from_row(r, now)?, r.get::<i64>(7)?, r.get::<i64>(13)?)),
                 )?
                 .collect::<Result<Vec<_>>>()?;
             let next_cursor = if rows.len() > query.limit {
@@ -822,7 +816,9 @@ impl ApiKeyStore {
                 .optional()?
                 .ok_or(Error::Rejected(Rejection::Unknown))?;
             let matches = match row.hash_kind {
-                HASH_SHA256 => bool::from(Sha256::digest(parsed.secret).as_slice().ct_eq(&row.hash)),
+                HASH_SHA256 => {
+                    bool::from(Sha256::digest(parsed.secret).as_slice().ct_eq(&row.hash))
+                }
                 HASH_HMAC_PEPPER => match &self.config.pepper {
                     Some(mac) => {
                         let mut mac = mac.clone();
@@ -843,8 +839,8 @@ impl ApiKeyStore {
             // against the stored row too, so a key cannot be re-spelled for
             // another store or environment on the same file. The hash is always
             // computed first, so such a key takes as long as a wrong secret.
-            let same_spelling =
-                row.prefix.as_deref() == Some(parsed.prefix) && row.environment == parsed.environment;
+            let same_spelling = row.prefix.as_deref() == Some(parsed.prefix)
+                && row.environment == parsed.environment;
             if !(matches & same_spelling) {
                 return Err(Error::Rejected(Rejection::Unknown));
             }

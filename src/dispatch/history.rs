@@ -180,11 +180,7 @@ fn collect(c: Sql<'_>, sql: &str, params: impl Params) -> Result<Vec<Delivery>> 
 }
 
 /// Deliveries with their keys (the keyset of a page), attempts loaded.
-fn collect_rows(
-    c: Sql<'_>,
-    sql: &str,
-    params: impl Params,
-) -> Result<Vec<(Keys, Delivery)>> {
+fn collect_rows(c: Sql<'_>, sql: &str, params: impl Params) -> Result<Vec<(Keys, Delivery)>> {
     let mut stmt = c.prepare_cached(sql)?;
     let rows = stmt
         .query_map(params, |r| {
@@ -226,14 +222,12 @@ pub(crate) fn attempts(c: Sql<'_>, delivery_row: i64) -> Result<Vec<Attempt>> {
             at: from_ms(r.get(0)?),
             duration: Duration::from_millis(r.get::<i64>(1)?.max(0) as u64),
             status_code: r.get(2)?,
-            error: r
-                .get::<Option<String>>(3)?
-                .map(|s| AttemptError::parse(&s)),
+            error: r.get::<Option<String>>(3)?.map(|s| AttemptError::parse(&s)),
             response_excerpt: r.get::<Option<Vec<u8>>>(4)?.unwrap_or_default(),
             manual: r.get(5)?,
         })
     })?;
-    Ok(rows.collect::<Result<_>>()?)
+    rows.collect::<Result<_>>()
 }
 
 /// The endpoint's row, if `org` has it and it is enabled.
@@ -423,14 +417,8 @@ pub(crate) fn history(
                     None => [until, i64::MIN, i64::MIN],
                 };
                 let sql = by_event_sql(event_type.is_some(), state.is_some());
-                let mut params: Vec<&dyn Arg> = vec![
-                    &org,
-                    &since,
-                    &before_at,
-                    &before_event,
-                    &before_row,
-                    &limit,
-                ];
+                let mut params: Vec<&dyn Arg> =
+                    vec![&org, &since, &before_at, &before_event, &before_row, &limit];
                 if let Some(t) = event_type {
                     params.push(t);
                 }
@@ -713,16 +701,16 @@ pub(crate) fn endpoint_stats(db: &Database, org: &str, endpoint_id: &str) -> Res
     db.read(|c| {
         let row = endpoint_row(c, org, endpoint_id)?;
         let count = |state: i64| -> Result<u64> {
-            Ok(c.prepare_cached(
+            c.prepare_cached(
                 "SELECT COUNT(*) FROM keyhook_deliveries INDEXED BY keyhook_deliveries_by_endpoint_state
                  WHERE endpoint_row = ?1 AND state = ?2",
             )?
-            .query_row(params![row, state], |r| r.get(0))?)
+            .query_row(params![row, state], |r| r.get(0))
         };
         let day_ago = now_ms() - 24 * 3600 * 1000;
         let (attempts, ok): (u64, u64) = c
             .prepare_cached(
-                "SELECT COUNT(a.row_id), COALESCE(SUM(a.status_code BETWEEN 200 AND 299), 0)
+                "SELECT COUNT(a.row_id), COALESCE(SUM(CASE WHEN a.status_code BETWEEN 200 AND 299 THEN 1 ELSE 0 END), 0)
                  FROM keyhook_deliveries d INDEXED BY keyhook_deliveries_by_endpoint
                  JOIN keyhook_attempts a ON a.delivery_row = d.row_id
                  WHERE d.endpoint_row = ?1 AND d.created_at >= ?2 AND a.attempted_at >= ?2",
@@ -741,13 +729,13 @@ pub(crate) fn endpoint_stats(db: &Database, org: &str, endpoint_id: &str) -> Res
 /// Pending deliveries of the organization, across its endpoints.
 pub(crate) fn org_backlog(db: &Database, org: &str) -> Result<u64> {
     db.read(|c| {
-        Ok(c.prepare_cached(
+        c.prepare_cached(
             "SELECT COUNT(*) FROM keyhook_endpoints e
              CROSS JOIN keyhook_deliveries d INDEXED BY keyhook_deliveries_by_endpoint_state
                ON d.endpoint_row = e.row_id AND d.state = 0
              WHERE e.org_id = ?1",
         )?
-        .query_row([org], |r| r.get(0))?)
+        .query_row([org], |r| r.get(0))
     })
 }
 
@@ -805,11 +793,8 @@ mod tests {
                             let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
                             let n = stmt.parameter_count()?;
                             let zeros: Vec<&dyn crate::sql::Arg> = vec![&0i64; n];
-                            let rows = stmt.query_map(
-                                zeros.as_slice(),
-                                |r| r.get::<String>(3),
-                            )?;
-                            Ok(rows.collect::<Result<_>>()?)
+                            let rows = stmt.query_map(zeros.as_slice(), |r| r.get::<String>(3))?;
+                            rows.collect::<Result<_>>()
                         })
                         .unwrap();
                     let plan = plan.join("\n");

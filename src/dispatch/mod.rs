@@ -659,9 +659,56 @@ impl Dispatcher {
     ) -> Result<Vec<String>> {
         self.check_events(org, &events)?;
         let limits = self.shared.emit_limits();
-        let emitted =
-            queue::in_savepoint(crate::sql::Sql::Lite(tx), |tx| queue::insert_events(tx, org, &events, &limits))??;
+        let emitted = queue::in_savepoint(crate::sql::Sql::Lite(tx), |tx| {
+            queue::insert_events(tx, org, &events, &limits)
+        })??;
         Ok(emitted.into_iter().map(|e| e.id).collect())
+    }
+
+    /// Emits events inside the host's own PostgreSQL transaction (the
+    /// outbox pattern; feature `postgres`): they exist if and only if `tx`
+    /// commits, and dispatchers of every process are woken when it does.
+    /// `tx` must be on the database this dispatcher uses (any connection:
+    /// keyhook's schema is set for its own statements and the
+    /// transaction's `search_path` put back after).
+    ///
+    /// # Errors
+    ///
+    /// As [`emit_batch`](Self::emit_batch); on error, nothing of it is in
+    /// `tx` (a savepoint is rolled back) and the host may still commit.
+    /// [`Error::InvalidInput`] (`tx`) if this dispatcher's database is SQLite.
+    #[cfg(feature = "postgres")]
+    pub fn emit_in_postgres(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        org: &str,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<String>> {
+        let Some(pool) = self.shared.db.pg() else {
+            return Err(Error::invalid(
+                "tx",
+                "this dispatcher's database is SQLite: use emit_in",
+            ));
+        };
+        self.check_events(org, &events)?;
+        let limits = self.shared.emit_limits();
+        let host_path: String = tx
+            .query_one("SELECT current_setting('search_path')", &[])?
+            .get(0);
+        tx.execute(
+            "SELECT set_config('search_path', $1, true)",
+            &[&pool.target.schema],
+        )?;
+        let host = std::cell::RefCell::new(crate::pg::HostTx {
+            tx: &mut *tx,
+            notify: pool.notify.clone(),
+        });
+        let emitted = queue::in_savepoint(crate::sql::Sql::Pg(&host), |sql| {
+            queue::insert_events(sql, org, &events, &limits)
+        });
+        drop(host);
+        tx.execute("SELECT set_config('search_path', $1, true)", &[&host_path])?;
+        Ok(emitted??.into_iter().map(|e| e.id).collect())
     }
 
     /// Tells the workers that new work was committed outside

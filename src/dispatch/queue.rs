@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::sql::{Arg, Optional, Sql, params};
+use crate::sql::{Arg, Engine, Optional, Sql, params};
 
 use crate::db::{CommitMark, Database, from_ms, now_ms};
 use crate::error::{Error, Result};
@@ -147,6 +147,9 @@ pub(crate) fn insert_events(
             ])?;
         out.push(Emitted { id, deliveries });
     }
+    if out.iter().any(|e| e.deliveries > 0) {
+        tx.notify()?;
+    }
     Ok(out)
 }
 
@@ -157,9 +160,9 @@ macro_rules! due_unless_disabled {
     ($due:literal) => {
         concat!(
             "CASE WHEN (SELECT enabled FROM keyhook_endpoints WHERE row_id = endpoint_row) = 1
-                  THEN ",
+                  THEN CAST(",
             $due,
-            " END"
+            " AS INTEGER) END"
         )
     };
 }
@@ -256,6 +259,7 @@ pub(crate) fn insert_test_event(
         ", ?1, ?2, ?3, 0, ?4, ?4, ?4)"
     ))?
     .execute(params![event_row, endpoint_row, org, now])?;
+    tx.notify()?;
     Ok(id)
 }
 
@@ -323,6 +327,9 @@ pub(crate) fn replay_missing(
                     last.1,
                     (max - queued) as i64
                 ])?;
+            if n > 0 {
+                tx.notify()?;
+            }
             Ok((n, Some(last)))
         })?;
         queued += n;
@@ -551,12 +558,21 @@ pub(crate) fn claim_batch(conn: Sql<'_>, limits: &ClaimLimits) -> Result<Vec<Cla
     let all_in_window = due < window;
     let mut rows = Vec::new();
     let limited = limits.max.min(limits.max_limited);
-    let limited_sql = if all_in_window {
-        CLAIM_LIMITED_IN_WINDOW_SQL
-    } else {
-        CLAIM_LIMITED_SQL
+    let (limited_sql, healthy_sql, healthy_deep_sql) = match conn.engine() {
+        Engine::Sqlite if all_in_window => (
+            CLAIM_LIMITED_IN_WINDOW_SQL,
+            CLAIM_HEALTHY_SQL,
+            CLAIM_HEALTHY_DEEP_SQL,
+        ),
+        Engine::Sqlite => (CLAIM_LIMITED_SQL, CLAIM_HEALTHY_SQL, CLAIM_HEALTHY_DEEP_SQL),
+        #[cfg(feature = "postgres")]
+        Engine::Postgres => (
+            PG_CLAIM_LIMITED_SQL,
+            PG_CLAIM_HEALTHY_SQL,
+            PG_CLAIM_HEALTHY_SQL,
+        ),
     };
-    if limited > 0 && (limited_due > 0 || !all_in_window) {
+    if limited > 0 && (limited_due > 0 || !all_in_window) && limited_claims_turn(conn)? {
         rows = run(limited_sql, limited, false)?;
         let failing = (limited - rows.len()).min(limits.max_failing);
         if failing > 0 {
@@ -571,13 +587,13 @@ pub(crate) fn claim_batch(conn: Sql<'_>, limits: &ClaimLimits) -> Result<Vec<Cla
         }
     }
     if rows.len() < limits.max && due > 0 {
-        rows.extend(run(CLAIM_HEALTHY_SQL, limits.max - rows.len(), false)?);
+        rows.extend(run(healthy_sql, limits.max - rows.len(), false)?);
     }
     if rows.len() < limits.max && !all_in_window {
         // The fast scan may have been filled by due deliveries of limited
         // endpoints at capacity: find healthy endpoints' work per endpoint,
         // through an index, whatever lies ahead of it.
-        rows.extend(run(CLAIM_HEALTHY_DEEP_SQL, limits.max - rows.len(), false)?);
+        rows.extend(run(healthy_deep_sql, limits.max - rows.len(), false)?);
     }
     // Endpoint settings and secrets are read once per endpoint in the batch.
     let mut endpoints: HashMap<i64, Arc<EndpointTarget>> = HashMap::new();
@@ -601,6 +617,22 @@ pub(crate) fn claim_batch(conn: Sql<'_>, limits: &ClaimLimits) -> Result<Vec<Cla
         )?);
     }
     Ok(out)
+}
+
+/// Whether this transaction may claim for limited endpoints now. Their
+/// in-flight attempts are counted across every process, so two processes
+/// must not count at once: on PostgreSQL a transaction-level advisory
+/// lock (tried, never waited for: a process that finds it taken claims
+/// only healthy work this step). SQLite's write lock already serializes
+/// claims.
+fn limited_claims_turn(conn: Sql<'_>) -> Result<bool> {
+    match conn.engine() {
+        Engine::Sqlite => Ok(true),
+        #[cfg(feature = "postgres")]
+        Engine::Postgres => conn
+            .prepare_cached("SELECT pg_try_advisory_xact_lock(27496, hashtext(current_schema()))")?
+            .query_row((), |r| r.get(0)),
+    }
 }
 
 /// A claimed delivery: its event's id and body, read now, and its endpoint.
@@ -633,8 +665,9 @@ const CLAIM_SCAN_PER_ROW: i64 = 8;
 /// enabled endpoints not known to be healthy.
 const DUE_WINDOW_SQL: &str = "
     SELECT COUNT(*),
-           COALESCE(SUM(e.enabled = 1
-                        AND (e.consecutive_failures > 0 OR e.last_success_at IS NULL)), 0)
+           COALESCE(SUM(CASE WHEN e.enabled = 1
+                                  AND (e.consecutive_failures > 0 OR e.last_success_at IS NULL)
+                             THEN 1 ELSE 0 END), 0)
     FROM (SELECT endpoint_row FROM keyhook_deliveries INDEXED BY keyhook_deliveries_due
           WHERE state = 0 AND next_attempt_at <= ?1
           ORDER BY next_attempt_at LIMIT (SELECT ?2)) d
@@ -721,7 +754,7 @@ macro_rules! limited_claim {
                          INDEXED BY keyhook_deliveries_due_by_endpoint
                          WHERE d.endpoint_row = e.row_id AND d.state = 0
                            AND d.next_attempt_at <= ?1
-                           AND d.row_id NOT IN (SELECT value FROM json_each(?6))
+                           AND d.row_id NOT IN (SELECT CAST(value AS INTEGER) FROM json_each(?6))
                          ORDER BY d.next_attempt_at, d.row_id LIMIT 1) AS next_row
                  FROM pending p JOIN keyhook_endpoints e ON e.row_id = p.endpoint_row
                  WHERE e.enabled = 1 AND (e.consecutive_failures > 0 OR e.last_success_at IS NULL)
@@ -751,7 +784,7 @@ const CLAIM_HEALTHY_SQL: &str = lease!(
     "SELECT d.row_id
      FROM (SELECT row_id, endpoint_row FROM keyhook_deliveries INDEXED BY keyhook_deliveries_due
            WHERE state = 0 AND next_attempt_at <= ?1
-             AND row_id NOT IN (SELECT value FROM json_each(?6))
+             AND row_id NOT IN (SELECT CAST(value AS INTEGER) FROM json_each(?6))
            ORDER BY next_attempt_at, row_id LIMIT (SELECT ?7)) d
      JOIN keyhook_endpoints e ON e.row_id = d.endpoint_row
      WHERE e.enabled = 1 AND e.consecutive_failures = 0 AND e.last_success_at IS NOT NULL
@@ -768,18 +801,61 @@ const CLAIM_HEALTHY_DEEP_SQL: &str = lease!(
          JOIN keyhook_deliveries d INDEXED BY keyhook_deliveries_due_by_endpoint
            ON d.endpoint_row = e.row_id AND d.state = 0 AND d.next_attempt_at <= ?1
          WHERE e.enabled = 1 AND e.consecutive_failures = 0 AND e.last_success_at IS NOT NULL
-           AND d.row_id NOT IN (SELECT value FROM json_each(?6))
+           AND d.row_id NOT IN (SELECT CAST(value AS INTEGER) FROM json_each(?6))
          ORDER BY d.next_attempt_at, d.row_id
          LIMIT (SELECT ?3)"
     )
 );
 
+/// PostgreSQL's limited claim, over every process's claims: the oldest due
+/// delivery of each limited endpoint with a free slot, as
+/// [`CLAIM_LIMITED_SQL`], taken with `FOR UPDATE SKIP LOCKED` so that no
+/// process waits for another's claim. (The in-flight count is safe
+/// because limited claims take turns: [`limited_claims_turn`].)
+#[cfg(feature = "postgres")]
+const PG_CLAIM_LIMITED_SQL: &str = lease!(
+    2,
+    "SELECT next_row FROM (
+        SELECT (SELECT d.row_id FROM keyhook_deliveries d
+                WHERE d.endpoint_row = e.row_id AND d.state = 0 AND d.next_attempt_at <= ?1
+                  AND d.row_id NOT IN (SELECT CAST(value AS INTEGER) FROM json_each(?6))
+                ORDER BY d.next_attempt_at, d.row_id LIMIT 1
+                FOR UPDATE SKIP LOCKED) AS next_row,
+               e.limited_claimed_at
+        FROM keyhook_endpoints e
+        WHERE e.row_id IN (SELECT endpoint_row FROM keyhook_deliveries
+                           WHERE state = 0 AND next_attempt_at <= ?1)
+          AND e.enabled = 1 AND (e.consecutive_failures > 0 OR e.last_success_at IS NULL)
+          AND (e.consecutive_failures > 0) = ?5
+          AND (SELECT COUNT(*) FROM keyhook_deliveries x
+               WHERE x.endpoint_row = e.row_id AND x.state = 0 AND x.leased = 2
+                 AND x.next_attempt_at > ?1) < ?4
+     ) s
+     WHERE next_row IS NOT NULL
+     ORDER BY limited_claimed_at NULLS FIRST, next_row
+     LIMIT ?3"
+);
+
+/// PostgreSQL's healthy claim: the oldest due deliveries of healthy
+/// endpoints, skipping rows another process is claiming.
+#[cfg(feature = "postgres")]
+const PG_CLAIM_HEALTHY_SQL: &str = lease!(
+    1,
+    "SELECT d.row_id
+     FROM keyhook_deliveries d
+     JOIN keyhook_endpoints e ON e.row_id = d.endpoint_row
+     WHERE d.state = 0 AND d.next_attempt_at <= ?1
+       AND e.enabled = 1 AND e.consecutive_failures = 0 AND e.last_success_at IS NOT NULL
+       AND d.row_id NOT IN (SELECT CAST(value AS INTEGER) FROM json_each(?6))
+       -- ?4 and ?5 are not used here, but PostgreSQL types every parameter.
+       AND ?4 >= 0 AND ?5 IN (0, 1)
+     ORDER BY d.next_attempt_at, d.row_id
+     LIMIT ?3
+     FOR UPDATE OF d SKIP LOCKED"
+);
+
 /// Runs a claim statement, binding the parameters it uses.
-fn claim_rows(
-    conn: Sql<'_>,
-    sql: &str,
-    params: &[&dyn Arg],
-) -> Result<Vec<(i64, i64, i64, u32)>> {
+fn claim_rows(conn: Sql<'_>, sql: &str, params: &[&dyn Arg]) -> Result<Vec<(i64, i64, i64, u32)>> {
     let mut stmt = conn.prepare_cached(sql)?;
     let used = stmt.parameter_count()?.min(params.len());
     stmt.query_map(&params[..used], |r| {
@@ -859,12 +935,7 @@ pub(crate) struct Completion {
     pub manual: bool,
 }
 
-fn complete_one(
-    tx: Sql<'_>,
-    c: &Completion,
-    now: i64,
-    policy: &HealthPolicy,
-) -> Result<Recorded> {
+fn complete_one(tx: Sql<'_>, c: &Completion, now: i64, policy: &HealthPolicy) -> Result<Recorded> {
     let (claimed, response, target) = (&c.claimed, &c.response, &c.claimed.target);
     let mut notices = Vec::new();
     // Checked only when an update changed nothing (the rare path).
@@ -1025,22 +1096,14 @@ fn complete_one(
 }
 
 /// Loads a delivery of `org` for a manual attempt, without leasing it.
-pub(crate) fn load_manual(
-    conn: Sql<'_>,
-    org: &str,
-    delivery_row: i64,
-) -> Result<Option<Claimed>> {
+pub(crate) fn load_manual(conn: Sql<'_>, org: &str, delivery_row: i64) -> Result<Option<Claimed>> {
     let row = conn
         .prepare_cached(
             "SELECT event_row, endpoint_row, attempts FROM keyhook_deliveries
              WHERE row_id = ?1 AND org_id = ?2",
         )?
         .query_row(params![delivery_row, org], |r| {
-            Ok((
-                r.get::<i64>(0)?,
-                r.get::<i64>(1)?,
-                r.get::<u32>(2)?,
-            ))
+            Ok((r.get::<i64>(0)?, r.get::<i64>(1)?, r.get::<u32>(2)?))
         })
         .optional()?;
     let Some((event_row, endpoint_row, attempts)) = row else {
@@ -1064,14 +1127,13 @@ pub(crate) fn record_manual(
 pub(crate) fn recover(db: &Database, endpoint_row: i64, since: i64) -> Result<usize> {
     let now = now_ms();
     db.write(|tx| {
-        Ok(tx
-            .prepare_cached(concat!(
-                "UPDATE keyhook_deliveries SET state = 0, attempts = 0, next_attempt_at = ",
-                due_unless_disabled!("?3"),
-                ", leased = 0, updated_at = ?3
+        tx.prepare_cached(concat!(
+            "UPDATE keyhook_deliveries SET state = 0, attempts = 0, next_attempt_at = ",
+            due_unless_disabled!("?3"),
+            ", leased = 0, updated_at = ?3
                  WHERE endpoint_row = ?1 AND state = 2 AND created_at >= ?2"
-            ))?
-            .execute(params![endpoint_row, since, now])?)
+        ))?
+        .execute(params![endpoint_row, since, now])
     })
 }
 
@@ -1142,25 +1204,20 @@ pub(crate) fn purge(db: &Database, cutoff: i64, stop: &dyn Fn() -> bool) -> Resu
 /// attempts were never recorded). Run when a dispatcher starts.
 pub(crate) fn park_stale(db: &Database) -> Result<usize> {
     db.write(|tx| {
-        Ok(tx
-            .prepare_cached(
-                "UPDATE keyhook_deliveries SET next_attempt_at = NULL, leased = 0
+        tx.prepare_cached(
+            "UPDATE keyhook_deliveries SET next_attempt_at = NULL, leased = 0
                  WHERE state = 0 AND next_attempt_at <= ?1
                    AND endpoint_row IN (SELECT row_id FROM keyhook_endpoints WHERE enabled = 0)",
-            )?
-            .execute([now_ms()])?)
+        )?
+        .execute([now_ms()])
     })
 }
 
 /// When the earliest pending delivery is due (leases included), if any.
 pub(crate) fn next_due(db: &Database) -> Result<Option<i64>> {
     db.read(|c| {
-        Ok(
-            c.prepare_cached(
-                "SELECT MIN(next_attempt_at) FROM keyhook_deliveries WHERE state = 0",
-            )?
-            .query_row((), |r| r.get::<Option<i64>>(0))?,
-        )
+        c.prepare_cached("SELECT MIN(next_attempt_at) FROM keyhook_deliveries WHERE state = 0")?
+            .query_row((), |r| r.get::<Option<i64>>(0))
     })
 }
 

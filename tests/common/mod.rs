@@ -22,31 +22,167 @@ pub fn temp_db_path() -> (TempDir, PathBuf) {
     (dir, path)
 }
 
-/// A real SQLite file database (WAL, default settings) in its own temporary
-/// directory, removed on drop.
+/// The PostgreSQL server the suites run against instead of SQLite, when
+/// `KEYHOOK_TEST_POSTGRES` holds its URL (and the `postgres` feature is
+/// on): `KEYHOOK_TEST_POSTGRES=postgres://postgres@127.0.0.1/test cargo
+/// test --features postgres`. Each [`TempDb`] then gets a schema of its
+/// own, dropped afterwards, so tests run in parallel.
+pub fn postgres_url() -> Option<String> {
+    if cfg!(feature = "postgres") {
+        std::env::var("KEYHOOK_TEST_POSTGRES")
+            .ok()
+            .filter(|u| !u.is_empty())
+    } else {
+        None
+    }
+}
+
+/// A fresh database for one test: a real SQLite file (WAL, default
+/// settings) in its own temporary directory, or a schema of its own on the
+/// test PostgreSQL server ([`postgres_url`]); removed on drop.
 pub struct TempDb {
     /// The open handle; clone it freely.
     pub db: Database,
-    path: PathBuf,
+    path: Option<PathBuf>,
+    schema: Option<String>,
     // Declared last so it is dropped last: the directory outlives the handle.
-    _dir: TempDir,
+    _dir: Option<TempDir>,
 }
 
 impl TempDb {
-    /// Opens a new, empty database file.
+    /// A new, empty database on the engine under test.
     pub fn new() -> TempDb {
+        match postgres_url() {
+            Some(url) => TempDb::postgres(&url),
+            None => TempDb::sqlite(),
+        }
+    }
+
+    /// A new, empty SQLite file, whatever the engine under test (for tests
+    /// of SQLite itself: its file, its locks, plain `rusqlite` access).
+    pub fn sqlite() -> TempDb {
         let (dir, path) = temp_db_path();
         let db = Database::open(&path).expect("open a new database file");
         TempDb {
             db,
-            path,
-            _dir: dir,
+            path: Some(path),
+            schema: None,
+            _dir: Some(dir),
         }
     }
 
-    /// The database file, for opening it again or with plain `rusqlite`.
+    #[cfg(feature = "postgres")]
+    fn postgres(url: &str) -> TempDb {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let schema = format!(
+            "kh_test_{}_{}_{:x}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst),
+            rand_suffix()
+        );
+        let db = Database::builder()
+            .schema(&schema)
+            .open_postgres(url)
+            .expect("open a new schema on the test PostgreSQL server");
+        TempDb {
+            db,
+            path: None,
+            schema: Some(schema),
+            _dir: None,
+        }
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    fn postgres(_: &str) -> TempDb {
+        unreachable!("postgres_url is None without the postgres feature")
+    }
+
+    /// Whether this database is on PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        self.schema.is_some()
+    }
+
+    /// Another handle on the same database, as a second process would open it.
+    pub fn reopen(&self) -> Database {
+        match (&self.path, &self.schema) {
+            (Some(path), _) => Database::open(path).expect("open the database again"),
+            #[cfg(feature = "postgres")]
+            (None, Some(schema)) => Database::builder()
+                .schema(schema)
+                .open_postgres(&postgres_url().expect("on PostgreSQL"))
+                .expect("open the schema again"),
+            _ => unreachable!(),
+        }
+    }
+
+    /// Where this database is, as text another process can open with
+    /// [`open_located`]: the file's path, or `postgres:` and the schema.
+    pub fn locator(&self) -> String {
+        match (&self.path, &self.schema) {
+            (Some(path), _) => path.to_str().expect("a UTF-8 temp path").to_owned(),
+            (None, Some(schema)) => format!("postgres:{schema}"),
+            _ => unreachable!(),
+        }
+    }
+
+    /// The one number `sql` selects, read with the engine's plain client
+    /// (rusqlite, or postgres in this database's schema), beside keyhook.
+    pub fn count(&self, sql: &str) -> i64 {
+        match &self.schema {
+            #[cfg(feature = "postgres")]
+            Some(schema) => {
+                let mut c = keyhook::postgres::Client::connect(
+                    &postgres_url().expect("on PostgreSQL"),
+                    keyhook::postgres::NoTls,
+                )
+                .expect("connect to the test PostgreSQL server");
+                c.batch_execute(&format!("SET search_path TO {schema}"))
+                    .unwrap();
+                c.query_one(sql, &[]).expect("run the count").get(0)
+            }
+            _ => rusqlite::Connection::open(self.path())
+                .expect("open the database file")
+                .query_row(sql, [], |r| r.get(0))
+                .expect("run the count"),
+        }
+    }
+
+    /// The database file, for opening it again or with plain `rusqlite`
+    /// (SQLite only: such tests make theirs with [`TempDb::sqlite`]).
     pub fn path(&self) -> &Path {
-        &self.path
+        self.path
+            .as_deref()
+            .expect("a test of SQLite itself: make its database with TempDb::sqlite()")
+    }
+}
+
+/// Opens the database [`TempDb::locator`] names (in a child process).
+pub fn open_located(locator: &str) -> Database {
+    match locator.strip_prefix("postgres:") {
+        #[cfg(feature = "postgres")]
+        Some(schema) => Database::builder()
+            .schema(schema)
+            .open_postgres(&postgres_url().expect("KEYHOOK_TEST_POSTGRES in the child"))
+            .expect("open the schema in the child"),
+        _ => Database::open(locator).expect("open the database in the child"),
+    }
+}
+
+#[cfg(feature = "postgres")]
+fn rand_suffix() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now()) as u32
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        #[cfg(feature = "postgres")]
+        if let (Some(schema), Some(url)) = (&self.schema, postgres_url())
+            && let Ok(mut c) = keyhook::postgres::Client::connect(&url, keyhook::postgres::NoTls)
+        {
+            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+        }
     }
 }
 
@@ -67,7 +203,15 @@ pub fn loopback_registry(db: &Database) -> WebhookRegistry {
 /// A new database and a [`loopback_registry`] on it with `event_types`
 /// (name, description) registered in order.
 pub fn loopback_setup(event_types: &[(&str, &str)]) -> (TempDb, WebhookRegistry) {
-    let t = TempDb::new();
+    with_event_types(TempDb::new(), event_types)
+}
+
+/// [`loopback_setup`] on a SQLite file whatever the engine under test.
+pub fn loopback_setup_sqlite(event_types: &[(&str, &str)]) -> (TempDb, WebhookRegistry) {
+    with_event_types(TempDb::sqlite(), event_types)
+}
+
+fn with_event_types(t: TempDb, event_types: &[(&str, &str)]) -> (TempDb, WebhookRegistry) {
     let registry = loopback_registry(&t.db);
     for (name, description) in event_types {
         registry.register_event_type(name, description).unwrap();
