@@ -110,7 +110,7 @@ fn endpoint_status(e: &Endpoint) -> String {
 fn type_boxes(catalogue: &[EventType], checked: &[String], prefix: &str) -> String {
     let mut out = String::from("<fieldset><legend>Event types</legend>");
     for (i, t) in catalogue.iter().enumerate() {
-        let on = checked.iter().any(|c| *c == t.name);
+        let on = checked.contains(&t.name);
         if t.archived && !on {
             continue;
         }
