@@ -61,7 +61,7 @@ pub fn section(token: &str, plan_paid: bool, page: &KeyPage) -> String {
     } else {
         let _ = write!(
             out,
-            r#"<div class="locked" id="keys-locked"><p><strong>🔒 API keys are available on paid plans.</strong>
+            r#"<div class="locked" id="keys-locked"><p><strong>Locked: API keys are available on paid plans.</strong>
 Upgrade to create keys.</p>
 <p>Existing keys are kept, but while this organization is on the Free plan every API call with them is refused:
 <code>verify</code> answers <code>Rejection::PlanInactive</code> (“{why}”), and the API answers

@@ -4,7 +4,7 @@
 //! organization.
 
 use std::fmt::Write;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
@@ -397,6 +397,17 @@ fn notice_text(query: &Form) -> Option<String> {
     })
 }
 
+/// Where the replay form starts: `?since=` (seconds, set after enabling),
+/// within keyhook's 14-day window, or 24 hours ago.
+fn replay_from(query: &Form) -> SystemTime {
+    let now = SystemTime::now();
+    let earliest = now - keyhook::MAX_RECOVERY_WINDOW + Duration::from_secs(60);
+    match query.text("since").parse::<u64>() {
+        Ok(secs) => (UNIX_EPOCH + Duration::from_secs(secs)).clamp(earliest, now),
+        Err(_) => now - Duration::from_secs(86_400),
+    }
+}
+
 struct EndpointView {
     endpoint: Endpoint,
     catalogue: Vec<EventType>,
@@ -505,7 +516,7 @@ pub async fn show(
         ),
         types = type_boxes(&view.catalogue, &e.event_types, "edit"),
         description_value = esc(e.description.as_deref().unwrap_or("")),
-        since = datetime_local(SystemTime::now() - Duration::from_secs(86_400)),
+        since = datetime_local(replay_from(&query)),
         grace = options(ROTATION_CHOICES.iter().copied(), "86400"),
     );
     if e.all_event_types {
@@ -553,26 +564,29 @@ pub async fn set_enabled(
         _ => return Err(PageError::bad_input(WHAT, "Choose enable or disable.")),
     };
     let s = state.clone();
-    let endpoint = blocking(move || {
+    let (endpoint, missed_since) = blocking(move || {
         if enable {
-            Ok(s.registry.enable(&s.org, &id)?.endpoint)
+            let enabled = s.registry.enable(&s.org, &id)?;
+            Ok((enabled.endpoint, enabled.missed_since))
         } else {
-            s.registry.update(
-                &s.org,
-                &id,
-                EndpointUpdate {
-                    enabled: Some(false),
-                    ..EndpointUpdate::default()
-                },
-            )
+            let update = EndpointUpdate {
+                enabled: Some(false),
+                ..EndpointUpdate::default()
+            };
+            Ok((s.registry.update(&s.org, &id, update)?, None))
         }
     })
     .await
     .map_err(failed(WHAT))?;
     let notice = if enable { "enabled" } else { "disabled" };
+    // When it was enabled, the replay form starts at the time its trouble began.
+    let since = missed_since
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| format!("&since={}", d.as_secs()))
+        .unwrap_or_default();
     Ok(Redirect::to(&format!(
-        "/webhooks/{}?notice={notice}",
-        endpoint.id
+        "/webhooks/{}?notice={notice}{since}#settings",
+        url_value(&endpoint.id)
     )))
 }
 

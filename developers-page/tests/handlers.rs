@@ -507,3 +507,58 @@ async fn the_api_refuses_missing_and_garbled_keys() {
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
     assert!(answer.body.contains("malformed"));
 }
+
+#[tokio::test]
+async fn disabling_and_enabling_offers_a_replay_from_when_it_stopped() {
+    let p = page().await;
+    let ep = p
+        .state
+        .registry
+        .create(
+            ORG,
+            "https://example.com/hook",
+            &["conversion.created"],
+            EndpointOptions::default(),
+        )
+        .unwrap()
+        .endpoint;
+    let path = format!("/webhooks/{}/enabled", ep.id);
+    let off = p.submit(&path, &[("enabled", "false")]).await;
+    assert_eq!(off.status, StatusCode::SEE_OTHER);
+    assert!(!p.state.registry.get(ORG, &ep.id).unwrap().enabled);
+    // Missed while disabled: not queued for it.
+    p.state
+        .dispatcher
+        .emit(ORG, "conversion.created", &serde_json::json!({"n": 1}))
+        .unwrap();
+    let request = Request::post(&path)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::COOKIE, format!("dp_csrf={TOKEN}"))
+        .body(Body::from(format!("csrf={TOKEN}&enabled=true")))
+        .unwrap();
+    let response = p.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let location = response.headers()[header::LOCATION].to_str().unwrap();
+    assert!(location.contains("notice=enabled&since="), "{location}");
+    let page_after = p.get(location.split('#').next().unwrap()).await;
+    assert!(page_after.body.contains("replay them below"));
+
+    let since = developers_page::html::datetime_local(
+        std::time::SystemTime::now() - std::time::Duration::from_secs(600),
+    );
+    let replay = p
+        .submit(
+            &format!("/webhooks/{}/replay", ep.id),
+            &[("since", since.as_str())],
+        )
+        .await;
+    assert_eq!(replay.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        p.state
+            .dispatcher
+            .deliveries(ORG, &ep.id, 10)
+            .unwrap()
+            .len(),
+        1
+    );
+}
