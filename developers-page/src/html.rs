@@ -80,6 +80,10 @@ a { color: var(--accent); }
 .notice.secret { background: #fff3cd; border-color: #e9cf7a; }
 .locked { background: #f1f3f5; border: 1px dashed #9aa3ad; padding: .7rem .9rem; border-radius: 4px; }
 details summary { cursor: pointer; color: var(--accent); }
+details.create { margin: .6rem 0; }
+details.create > summary { display: inline-block; padding: .3rem .8rem; border: 1px solid var(--accent); border-radius: 4px; background: var(--accent); color: #fff; font-weight: 600; }
+details.create[open] > summary { background: #fff; color: var(--accent); }
+details.create > form { border: 1px solid var(--line); border-radius: 4px; padding: .4rem .9rem .8rem; margin-top: .5rem; }
 nav.pager { margin: .5rem 0; }
 "#;
 

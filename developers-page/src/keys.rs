@@ -45,7 +45,8 @@ pub fn section(token: &str, plan_paid: bool, page: &KeyPage) -> String {
     if plan_paid {
         let _ = write!(
             out,
-            r#"<form method="post" action="/keys" id="create-key-form"><h3>Create API Key</h3>{csrf}
+            r#"<details class="create" id="create-key-details"{open}><summary id="create-key-open">Create API Key</summary>
+<form method="post" action="/keys" id="create-key-form">{csrf}
 <div class="field"><label for="key-name">Name</label>
 <input type="text" id="key-name" name="name" maxlength="100" required placeholder="e.g. Zapier Integration or Internal Dashboard"></div>
 <div class="field"><label for="key-description">Description (optional)</label>
@@ -53,7 +54,9 @@ pub fn section(token: &str, plan_paid: bool, page: &KeyPage) -> String {
 {scopes}
 <div class="field"><label for="key-expires">Expires</label><select id="key-expires" name="expires">{expiry}</select></div>
 <div class="field"><label for="key-environment">Environment</label><select id="key-environment" name="environment">{envs}</select></div>
-<button type="submit" id="create-key">Create</button></form>"#,
+<button type="submit" id="create-key">Create</button></form></details>"#,
+            // Open at first, when there is nothing else to see.
+            open = if page.keys.is_empty() { " open" } else { "" },
             scopes = scope_boxes(&[]),
             expiry = options(EXPIRY_CHOICES.iter().copied(), "never"),
             envs = options([("live", "live"), ("test", "test")], "live"),

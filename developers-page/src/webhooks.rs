@@ -41,14 +41,16 @@ pub fn section(
     let mut out = format!(
         r#"<section class="card" id="webhooks"><h2>Webhooks</h2>
 <p>Webhooks send real-time HTTP notifications to your server when events happen in your organization.</p>
-<form method="post" action="/webhooks" id="create-webhook-form"><h3>Create Webhook</h3>{csrf}
+<details class="create" id="create-webhook-details"{open}><summary id="create-webhook-open">Create Webhook</summary>
+<form method="post" action="/webhooks" id="create-webhook-form">{csrf}
 <div class="field"><label for="webhook-url">Endpoint URL (the URL on your server that will receive events)</label>
 <input type="url" id="webhook-url" name="url" required value="{receiver}" placeholder="https://example.com/webhooks"></div>
 <p class="muted">For this demo, <code>{receiver}</code> is a local receiver that checks signatures.</p>
 {types}
 <div class="field"><label for="webhook-description">Description (optional)</label>
 <input type="text" id="webhook-description" name="description" maxlength="1000"></div>
-<button type="submit" id="create-webhook">Create</button></form>"#,
+<button type="submit" id="create-webhook">Create</button></form></details>"#,
+        open = if endpoints.is_empty() { " open" } else { "" },
         csrf = csrf_field(token),
         receiver = esc(receiver_url),
         types = type_boxes(catalogue, &[], "new"),

@@ -38,6 +38,7 @@ fn a_visitor_manages_keys_and_webhooks_in_a_real_browser() {
     shot("01-developers");
 
     // --- Create a key and read it once
+    assert_eq!(browser.property("#create-key-details", "open"), true);
     browser.fill("#key-name", "Internal Dashboard");
     browser.click(r#"input[name="scopes"][value="conversions:read"]"#);
     browser.click("#create-key");
@@ -114,7 +115,8 @@ fn a_visitor_manages_keys_and_webhooks_in_a_real_browser() {
     let (status, _) = api_get(&format!("{base}/v1/conversions"), kept.secret.expose());
     assert_eq!(status, 200);
 
-    // --- A webhook to the local receiver
+    // --- A webhook to the local receiver ("Create Webhook" opens the form)
+    assert_eq!(browser.property("#create-webhook-details", "open"), true);
     browser.fill("#webhook-url", &app.state.receiver_url);
     browser.click(r#"#create-webhook-form input[value="conversion.created"]"#);
     browser.click("#create-webhook");
