@@ -14,6 +14,7 @@ mod receiver;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use keyhook::postgres::{Client, NoTls};
@@ -97,18 +98,28 @@ fn raw_emit(schema: &str, n: usize) -> f64 {
              VALUES ($1, $2, $3, $4, 0, $5, $5, $5)",
         )
         .unwrap();
-    let seq = Instant::now().elapsed().as_nanos();
+    static RUN: AtomicUsize = AtomicUsize::new(0);
+    let seq = RUN.fetch_add(1, Ordering::Relaxed);
     let start = Instant::now();
     for i in 0..n {
         let now = 1_800_000_000_000i64 + i as i64;
         let mut tx = c.transaction().unwrap();
         let row: i64 = tx
-            .query_one(&ev, &[&format!("msg_raw{seq}_{i}"), &ORG, &TYPE, &body, &now])
+            .query_one(
+                &ev,
+                &[&format!("msg_raw{seq}_{i}"), &ORG, &TYPE, &body, &now],
+            )
             .unwrap()
             .get(0);
         tx.execute(
             &dl,
-            &[&format!("dlv_raw{seq}_{i}"), &row, &endpoint_row, &ORG, &now],
+            &[
+                &format!("dlv_raw{seq}_{i}"),
+                &row,
+                &endpoint_row,
+                &ORG,
+                &now,
+            ],
         )
         .unwrap();
         tx.commit().unwrap();
@@ -137,7 +148,13 @@ fn bench_emit() {
         ours = ours.max(ours_emit(&d, 1000));
         raw = raw.max(raw_emit(&schema, 1000));
     }
-    row("emit, 1 event per call (events/s)", ours, raw, "ev/s", ">= 0.5");
+    row(
+        "emit, 1 event per call (events/s)",
+        ours,
+        raw,
+        "ev/s",
+        ">= 0.5",
+    );
     d.shutdown(Duration::from_secs(5)).unwrap();
     drop(db);
     drop_schema(&schema);
@@ -281,7 +298,9 @@ fn bench_hosts() {
         one = one.max(hosts_rate(&schema, &rx, 1, 6000));
         three = three.max(hosts_rate(&schema, &rx, 3, 6000));
     }
-    println!("(6,000 events; each process starts, emits from 4 threads and delivers with 4 workers)");
+    println!(
+        "(6,000 events; each process starts, emits from 4 threads and delivers with 4 workers)"
+    );
     row(
         "three processes vs one (events/s)",
         three,

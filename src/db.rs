@@ -408,6 +408,30 @@ impl Database {
         self.commit(Turn::Writer, f)
     }
 
+    /// Like [`write`](Self::write), but on PostgreSQL without waiting for
+    /// this process's other writers: the server runs such transactions side
+    /// by side (and commits them together). For writes that do not rely on
+    /// the writers of one process taking turns: emits, whose rows are new
+    /// and whose idempotency keys are guarded by a unique index. On SQLite,
+    /// which has one writer, the same as `write`.
+    pub(crate) fn write_concurrent<T>(&self, f: impl FnOnce(Sql<'_>) -> Result<T>) -> Result<T> {
+        #[cfg(feature = "postgres")]
+        if let Target::Postgres(pool) = &self.inner.target {
+            return pool.write(f);
+        }
+        self.write(f)
+    }
+
+    /// Whether writes of one process run side by side (PostgreSQL) rather
+    /// than one at a time (SQLite).
+    pub(crate) fn concurrent_writes(&self) -> bool {
+        #[cfg(feature = "postgres")]
+        if let Target::Postgres(_) = &self.inner.target {
+            return true;
+        }
+        false
+    }
+
     /// Like [`write`](Self::write), for background work (retention): waits
     /// until no other writer of this process is waiting, so a long series
     /// of these never delays an emit by more than one transaction.

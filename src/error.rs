@@ -81,8 +81,8 @@ pub enum Error {
     /// kept as the source. Displays the server's message, never a
     /// statement's parameters or the connection string.
     #[cfg(feature = "postgres")]
-    #[error("database error (PostgreSQL): {}", PgMessage(.0))]
-    Postgres(#[source] postgres::Error),
+    #[error("database error (PostgreSQL): {0}")]
+    Postgres(#[source] PostgresError),
 
     /// keyhook could not connect to, or set itself up in, the PostgreSQL
     /// database `server` (shown as `user@host:port/database`, never with
@@ -96,7 +96,7 @@ pub enum Error {
         problem: PgProblem,
         /// The client's error, when there was one.
         #[source]
-        source: Option<postgres::Error>,
+        source: Option<PostgresError>,
     },
 
     /// The database at `path` could not be opened for keyhook's use;
@@ -335,17 +335,47 @@ impl PgProblem {
     }
 }
 
-/// PostgreSQL's own message: the server's, or the client's for a failure
-/// below SQL (a closed connection, an I/O error).
+/// An error of the PostgreSQL client or server (feature `postgres`).
+///
+/// `Display` and `Debug` show the server's message and SQLSTATE code (or the
+/// client's message), never the server's DETAIL, which can quote a row's
+/// values (a unique key, a failing row's columns). [`get_ref`](Self::get_ref)
+/// gives the client's whole error.
 #[cfg(feature = "postgres")]
-struct PgMessage<'a>(&'a postgres::Error);
+pub struct PostgresError(postgres::Error);
 
 #[cfg(feature = "postgres")]
-impl std::fmt::Display for PgMessage<'_> {
+impl PostgresError {
+    /// The SQLSTATE code (`"23505"`), for errors the server reported.
+    pub fn code(&self) -> Option<&str> {
+        self.0.code().map(|c| c.code())
+    }
+
+    /// The `postgres` client's error, DETAIL included.
+    pub fn get_ref(&self) -> &postgres::Error {
+        &self.0
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl std::fmt::Debug for PostgresError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresError")
+            .field("code", &self.code())
+            .field("message", &self.to_string())
+            .finish()
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl std::error::Error for PostgresError {}
+
+#[cfg(feature = "postgres")]
+impl std::fmt::Display for PostgresError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0.as_db_error() {
             Some(db) => write!(f, "{} ({})", db.message(), db.code().code()),
-            None => match std::error::Error::source(self.0) {
+            None => match std::error::Error::source(&self.0) {
                 Some(cause) => write!(f, "{}: {cause}", self.0),
                 None => write!(f, "{}", self.0),
             },
@@ -356,7 +386,14 @@ impl std::fmt::Display for PgMessage<'_> {
 #[cfg(feature = "postgres")]
 impl From<postgres::Error> for Error {
     fn from(e: postgres::Error) -> Error {
-        Error::Postgres(e)
+        Error::Postgres(PostgresError(e))
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl From<postgres::Error> for PostgresError {
+    fn from(e: postgres::Error) -> PostgresError {
+        PostgresError(e)
     }
 }
 
@@ -497,6 +534,20 @@ impl From<rusqlite::Error> for Error {
 }
 
 impl Error {
+    /// Whether a unique index refused a row (SQLite or PostgreSQL).
+    pub(crate) fn is_unique_violation(&self) -> bool {
+        match self {
+            Error::Database(e) => {
+                e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation)
+                    && matches!(e, rusqlite::Error::SqliteFailure(f, _)
+                        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
+            }
+            #[cfg(feature = "postgres")]
+            Error::Postgres(e) => e.code() == Some("23505"),
+            _ => false,
+        }
+    }
+
     /// The API key [`Rejection`], if this error is one.
     pub fn rejection(&self) -> Option<Rejection> {
         match self {

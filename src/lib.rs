@@ -216,9 +216,9 @@ pub use dispatch::{
     EventSummary, HistoryPage, HistoryQuery, MAX_HISTORY_RANGE, MAX_PAGE_SIZE, MAX_RECOVERY_WINDOW,
     MAX_REPLAY, MAX_RETRY_DELAY, Notice, PurgeReport, RetryPolicy,
 };
-#[cfg(feature = "postgres")]
-pub use error::PgProblem;
 pub use error::{Error, OpenProblem, Rejection, Result};
+#[cfg(feature = "postgres")]
+pub use error::{PgProblem, PostgresError};
 pub use event::NewEvent;
 pub use registry::{
     CreatedEndpoint, DEFAULT_ROTATION_GRACE, EnabledEndpoint, Endpoint, EndpointOptions,

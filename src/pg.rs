@@ -10,8 +10,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postgres::types::private::BytesMut;
 use postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
@@ -144,6 +145,8 @@ pub(crate) trait PgRun {
     fn run_query(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<Vec<postgres::Row>>;
     fn run_execute(&mut self, sql: &str, args: &[&dyn Arg]) -> Result<u64>;
     fn param_count(&mut self, sql: &str) -> Result<usize>;
+    /// Runs `sql` unprepared (savepoints).
+    fn batch(&mut self, sql: &str) -> Result<()>;
     /// Wakes the dispatchers of other processes when the transaction
     /// commits (`NOTIFY`; repeats within one transaction are folded).
     fn notify(&mut self) -> Result<()>;
@@ -162,10 +165,10 @@ fn refs<'a>(values: &'a [Value<'a>]) -> Vec<&'a (dyn ToSql + Sync)> {
 pub(crate) struct Session {
     client: Client,
     statements: HashMap<String, Statement>,
-    /// The `NOTIFY` statement of this database and process.
-    notify: std::sync::Arc<str>,
     /// Inside `BEGIN` (a write).
     in_transaction: bool,
+    /// The transaction made work due: notify after the commit.
+    wants_notify: bool,
 }
 
 /// Prepared statements kept per session; past this the cache starts over
@@ -203,8 +206,17 @@ impl PgRun for Session {
         Ok(self.statement(sql)?.params().len())
     }
 
+    fn batch(&mut self, sql: &str) -> Result<()> {
+        Ok(self.client.batch_execute(sql)?)
+    }
+
     fn notify(&mut self) -> Result<()> {
-        Ok(self.client.batch_execute(&self.notify)?)
+        // Sent after the commit (`Pool::write`), at most every
+        // NOTIFY_INTERVAL per process: a NOTIFY inside the transaction
+        // would make the server commit it in turn with every other
+        // notifying transaction.
+        self.wants_notify = true;
+        Ok(())
     }
 }
 
@@ -313,6 +325,10 @@ impl PgRun for HostTx<'_, '_> {
         Ok(prepare(self.tx, &translated, true)?.params().len())
     }
 
+    fn batch(&mut self, sql: &str) -> Result<()> {
+        Ok(self.tx.batch_execute(sql)?)
+    }
+
     fn notify(&mut self) -> Result<()> {
         Ok(self.tx.batch_execute(&self.notify)?)
     }
@@ -358,6 +374,13 @@ impl Target {
                 "must be 1 to 40 lowercase letters, digits or underscores, not starting with a digit",
             ));
         }
+        let mut config = config;
+        if config.get_connect_timeout().is_none() {
+            // Not the OS's minutes against a server that drops packets:
+            // a write waits for this while holding the process's turn.
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        config.application_name(&format!("keyhook/{schema}"));
         Ok(Target {
             config,
             schema: schema.to_owned(),
@@ -387,7 +410,7 @@ impl Target {
         let mut client = self.config.connect(NoTls).map_err(|e| self.open_error(e))?;
         client
             .batch_execute(&format!(
-                "SET search_path TO {}; SET lock_timeout = {}; SET application_name = 'keyhook'",
+                "SET search_path TO {}; SET lock_timeout = {}",
                 self.schema,
                 self.lock_timeout.as_millis().max(1)
             ))
@@ -420,7 +443,7 @@ impl Target {
         Error::PostgresOpen {
             server: self.describe(),
             problem,
-            source: Some(e),
+            source: Some(e.into()),
         }
     }
 }
@@ -435,7 +458,16 @@ pub(crate) struct Pool {
     token: String,
     /// `NOTIFY channel, 'token'`.
     pub(crate) notify: std::sync::Arc<str>,
+    /// `NOTIFY channel, 'host'`, sent in hosts' own transactions: it wakes
+    /// this process's dispatcher too.
+    pub(crate) host_notify: std::sync::Arc<str>,
+    /// When the last `NOTIFY` went out, in ms since `started`.
+    last_notify: AtomicU64,
+    started: Instant,
 }
+
+/// The least time between two `NOTIFY`s of one process.
+const NOTIFY_INTERVAL: Duration = Duration::from_millis(10);
 
 impl fmt::Debug for Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -450,6 +482,12 @@ pub(crate) struct Checkout<'a> {
     /// Inside a transaction that was neither committed nor rolled back (a
     /// panic): the session is dropped, which rolls it back.
     in_transaction: bool,
+}
+
+impl Checkout<'_> {
+    fn session_mut(&mut self) -> &mut Session {
+        self.session.as_mut().expect("present until drop")
+    }
 }
 
 impl Drop for Checkout<'_> {
@@ -476,6 +514,7 @@ impl Pool {
             format!("{:016x}", rand::rng().random::<u64>())
         };
         let notify = format!("NOTIFY {}, '{token}'", target.channel).into();
+        let host_notify = format!("NOTIFY {}, 'host'", target.channel).into();
         let pool = Pool {
             target,
             idle: Mutex::new(Vec::new()),
@@ -483,6 +522,9 @@ impl Pool {
             listener: Mutex::new(None),
             token,
             notify,
+            host_notify,
+            last_notify: AtomicU64::new(0),
+            started: Instant::now(),
         };
         let mut client = pool
             .target
@@ -500,7 +542,9 @@ impl Pool {
     fn map_setup_error(&self, e: Error) -> Error {
         use postgres::error::SqlState;
         match e {
-            Error::Postgres(pe) if pe.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+            Error::Postgres(pe)
+                if pe.get_ref().code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) =>
+            {
                 Error::PostgresOpen {
                     server: self.target.describe(),
                     problem: PgProblem::PermissionDenied,
@@ -519,8 +563,8 @@ impl Pool {
         Ok(Session {
             client: self.target.connect()?,
             statements: HashMap::new(),
-            notify: self.notify.clone(),
             in_transaction: false,
+            wants_notify: false,
         })
     }
 
@@ -549,11 +593,20 @@ impl Pool {
     /// Runs `f` in a transaction and commits if it returns `Ok`.
     pub(crate) fn write<T>(&self, f: impl FnOnce(crate::sql::Sql<'_>) -> Result<T>) -> Result<T> {
         let mut out = self.checkout()?;
-        let session = out.session.as_mut().expect("present until drop");
-        session.client.batch_execute("BEGIN")?;
+        if let Err(e) = out.session_mut().client.batch_execute("BEGIN") {
+            // A connection the server closed (a restart) fails its first
+            // use: nothing ran yet, so start again on a new one.
+            if !out.session_mut().client.is_closed() {
+                return Err(e.into());
+            }
+            self.forget_idle();
+            out = self.checkout()?;
+            out.session_mut().client.batch_execute("BEGIN")?;
+        }
         out.in_transaction = true;
         let mut session = out.session.take().expect("present until drop");
         session.in_transaction = true;
+        session.wants_notify = false;
         let cell = std::cell::RefCell::new(session);
         let value = f(crate::sql::Sql::Pg(&cell));
         let mut session = cell.into_inner();
@@ -562,7 +615,16 @@ impl Pool {
             Ok(_) => session.client.batch_execute("COMMIT"),
             Err(_) => session.client.batch_execute("ROLLBACK"),
         };
+        let closed = session.client.is_closed();
+        let notify = value.is_ok() && end.is_ok() && session.wants_notify && self.notify_due();
+        if notify && let Err(e) = session.client.batch_execute(&self.notify) {
+            // Only a hint: other processes poll.
+            log::debug!("keyhook: NOTIFY failed: {e}");
+        }
         out.session = Some(session);
+        if closed {
+            self.forget_idle();
+        }
         match (value, end) {
             (Ok(v), Ok(())) => {
                 out.in_transaction = false;
@@ -572,7 +634,9 @@ impl Pool {
                 out.in_transaction = false;
                 Err(e)
             }
-            (_, Err(e)) => Err(e.into()),
+            // The closure's own error says more than a failed ROLLBACK.
+            (Err(e), Err(_)) => Err(e),
+            (Ok(_), Err(e)) => Err(e.into()),
         }
     }
 
@@ -582,8 +646,32 @@ impl Pool {
         let session = out.session.take().expect("present until drop");
         let cell = std::cell::RefCell::new(session);
         let value = f(crate::sql::Sql::Pg(&cell));
-        out.session = Some(cell.into_inner());
+        let session = cell.into_inner();
+        if session.client.is_closed() {
+            // The server closed it (a restart): so it did every idle one,
+            // which would each fail a call in turn.
+            self.forget_idle();
+        }
+        out.session = Some(session);
         value
+    }
+
+    /// Drops every idle session (after one was found closed by the server).
+    fn forget_idle(&self) {
+        self.lock_idle().clear();
+    }
+
+    /// Whether this process may send a `NOTIFY` now (at most one per
+    /// [`NOTIFY_INTERVAL`]): other processes are woken promptly, and
+    /// commits do not queue on the server's notification lock.
+    fn notify_due(&self) -> bool {
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.last_notify.load(Ordering::Relaxed);
+        now >= last + NOTIFY_INTERVAL.as_millis() as u64
+            && self
+                .last_notify
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Whether another process (or a host transaction) has notified new
@@ -603,11 +691,21 @@ impl Pool {
         };
         let polled = {
             let mut changed = false;
+            let mut drained = 0;
             let mut notifications = client.notifications();
-            let mut iter = notifications.iter();
+            // `iter()` only returns what is already buffered; a short
+            // timeout makes the client read the socket.
+            let mut iter = notifications.timeout_iter(Duration::from_millis(1));
             loop {
                 match fallible_next(&mut iter) {
-                    Ok(Some(n)) => changed |= n.payload() != self.token,
+                    Ok(Some(n)) => {
+                        changed |= n.payload() != self.token;
+                        drained += 1;
+                        // Enough to know; the rest is read next time.
+                        if drained >= 64 {
+                            break Ok(changed);
+                        }
+                    }
                     Ok(None) => break Ok(changed),
                     Err(e) => break Err(Error::from(e)),
                 }

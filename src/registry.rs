@@ -79,6 +79,9 @@ const MAX_EXAMPLE_BYTES: usize = 64 * 1024;
 const EVENT_TYPE_COLUMNS: &str = "name, description, example, deprecated_at IS NOT NULL,
      archived_at IS NOT NULL";
 
+/// The advisory lock kind of an organization's endpoints (PostgreSQL).
+const LOCK_ENDPOINTS: i32 = 2;
+
 fn event_type_row(r: &Row<'_>) -> Result<EventType> {
     let example: Option<String> = r.get(2)?;
     Ok(EventType {
@@ -433,6 +436,8 @@ impl WebhookRegistry {
         let id = new_id("ep_", now)?;
         self.db.write(|tx| {
             require_known_types(tx, &types, &[])?;
+            // Counting and inserting take turns with other processes'.
+            tx.lock_scope(LOCK_ENDPOINTS, org)?;
             let count: u32 = tx.query_row(
                 "SELECT COUNT(*) FROM keyhook_endpoints WHERE org_id = ?1",
                 [org],

@@ -505,8 +505,9 @@ const PG_V1: &str = r#"
         BEFORE UPDATE OF revoked_at, revoke_at ON keyhook_api_keys
         FOR EACH ROW EXECUTE FUNCTION keyhook_api_keys_revocation_guard();
 
+    -- Names sort bytewise ("C"), as on SQLite, whatever the database's collation.
     CREATE TABLE keyhook_event_types (
-        name        TEXT PRIMARY KEY,
+        name        TEXT COLLATE "C" PRIMARY KEY,
         description TEXT NOT NULL,
         created_at  BIGINT NOT NULL
     );
@@ -532,7 +533,7 @@ const PG_V1: &str = r#"
 
     CREATE TABLE keyhook_endpoint_event_types (
         endpoint_row BIGINT NOT NULL REFERENCES keyhook_endpoints (row_id) ON DELETE CASCADE,
-        event_type   TEXT NOT NULL,
+        event_type   TEXT COLLATE "C" NOT NULL,
         PRIMARY KEY (endpoint_row, event_type)
     );
     CREATE INDEX keyhook_endpoint_event_types_by_type
@@ -631,6 +632,29 @@ const PG_V2: &str = r#"
 #[cfg(feature = "postgres")]
 pub(crate) fn pg_migrate(client: &mut postgres::Client, schema: &str) -> crate::Result<()> {
     use crate::Error;
+    let supported = PG_MIGRATIONS.len() as u32;
+    // Up to date: no DDL (which needs rights an application's role may
+    // lack, when the schema's owner runs migrations).
+    // (`schema` is checked: lowercase letters, digits and underscores.)
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&format!("{schema}.keyhook_migrations")],
+        )?
+        .get(0);
+    let current: Option<i64> = if exists {
+        client
+            .query_one(
+                &format!("SELECT MAX(version) FROM {schema}.keyhook_migrations"),
+                &[],
+            )?
+            .get(0)
+    } else {
+        None
+    };
+    if current == Some(i64::from(supported)) {
+        return Ok(());
+    }
     let mut tx = client.transaction()?;
     // One lock for every keyhook schema of the database: 0x6b68 is "kh".
     tx.execute("SELECT pg_advisory_xact_lock(27496, 1)", &[])?;
@@ -647,7 +671,6 @@ pub(crate) fn pg_migrate(client: &mut postgres::Client, schema: &str) -> crate::
             &[],
         )?
         .get(0);
-    let supported = PG_MIGRATIONS.len() as u32;
     let found = u32::try_from(found).unwrap_or(u32::MAX);
     if found > supported {
         return Err(Error::SchemaTooNew { found, supported });
@@ -658,9 +681,11 @@ pub(crate) fn pg_migrate(client: &mut postgres::Client, schema: &str) -> crate::
         }
         if version == 0 {
             let key: [u8; 32] = rand::random();
+            // Bound as keyhook's own value: tokio_postgres logs parameters
+            // at DEBUG, and this one is a secret.
             tx.execute(
                 "INSERT INTO keyhook_meta (key, value) VALUES ('cursor_key', $1)",
-                &[&key.as_slice()],
+                &[&crate::pg::Value::Blob(&key)],
             )?;
         }
         tx.execute(

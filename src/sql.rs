@@ -101,6 +101,37 @@ impl<'a> Sql<'a> {
         self.prepare_cached(sql)?.query_row(params, f)
     }
 
+    /// Runs a statement without parameters or results, unprepared
+    /// (savepoints: they must work in a transaction that a failed statement
+    /// has aborted, where PostgreSQL refuses to prepare anything).
+    pub(crate) fn batch(&self, sql: &str) -> Result<()> {
+        match *self {
+            Sql::Lite(c) => {
+                c.prepare_cached(sql)?.execute([])?;
+                Ok(())
+            }
+            #[cfg(feature = "postgres")]
+            Sql::Pg(c) => c.borrow_mut().batch(sql),
+        }
+    }
+
+    /// Makes the transaction's read-then-write on `key` (an organization's
+    /// key or endpoint count, say) take turns with every other process's:
+    /// a transaction-level advisory lock on PostgreSQL (`kind` names what
+    /// is counted); nothing on SQLite, whose writers take turns already.
+    pub(crate) fn lock_scope(&self, kind: i32, key: &str) -> Result<()> {
+        match *self {
+            Sql::Lite(_) => {
+                let _ = (kind, key);
+                Ok(())
+            }
+            #[cfg(feature = "postgres")]
+            Sql::Pg(_) => self
+                .prepare_cached("SELECT pg_advisory_xact_lock(?1 * 4294967296 + hashtext(?2))")?
+                .query_row(params![kind, key], |_| Ok(())),
+        }
+    }
+
     /// Wakes other processes' dispatchers once this transaction commits:
     /// new work is due. PostgreSQL sends a `NOTIFY` (folded with repeats);
     /// on SQLite they notice any commit through `data_version`.
@@ -248,7 +279,7 @@ impl Row<'_> {
             Row::Lite(r) => Ok(r.get(idx)?),
             #[cfg(feature = "postgres")]
             Row::Pg(r) => {
-                let v: crate::pg::Any = r.try_get(idx).map_err(Error::Postgres)?;
+                let v: crate::pg::Any = r.try_get(idx).map_err(Error::from)?;
                 T::from_pg(v).map_err(|problem| crate::pg::conversion_error(idx, problem))
             }
         }

@@ -200,15 +200,17 @@ fn killed_backends_lose_nothing_and_delivery_resumes_by_itself() {
         .start()
         .unwrap();
     let mut admin = admin(&url);
+    let app = format!("keyhook/{}", t.locator().trim_start_matches("postgres:"));
     let mut acknowledged = HashSet::new();
     for i in 0..300 {
         if i % 60 == 30 {
-            // Every keyhook connection (pool, listener) is cut, as a
-            // server restart does.
+            // Every connection of this test's keyhook (pool, listener) is
+            // cut, as a server restart does.
             admin
-                .batch_execute(
+                .execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                     WHERE application_name = 'keyhook' AND pid <> pg_backend_pid()",
+                     WHERE application_name = $1",
+                    &[&app],
                 )
                 .unwrap();
         }

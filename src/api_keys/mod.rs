@@ -366,6 +366,9 @@ impl std::fmt::Debug for ApiKeyStore {
     }
 }
 
+/// The advisory lock kind of an organization's API keys (PostgreSQL).
+const LOCK_API_KEYS: i32 = 1;
+
 const KEY_COLUMNS: &str = "id, org_id, name, description, environment, hint, scopes, \
      created_at, last_used_at, expires_at, revoke_at, revoked_at, metadata";
 
@@ -461,7 +464,10 @@ impl ApiKeyStore {
     }
 
     /// Fails with [`Error::LimitReached`] if the organization is at its live-key limit.
+    /// Refuses a key past the organization's live-key limit. Counting and
+    /// inserting take turns with every other process's (`lock_scope`).
     fn require_room(&self, tx: Sql<'_>, org: &str, now: i64) -> Result<()> {
+        tx.lock_scope(LOCK_API_KEYS, org)?;
         let live: u32 = tx
             .prepare_cached(
                 "SELECT COUNT(*) FROM keyhook_api_keys INDEXED BY keyhook_api_keys_live_by_org
@@ -721,6 +727,9 @@ impl ApiKeyStore {
         }
         let now = now_ms();
         self.db.write(|tx| {
+            // Two rolls of one key at once (two app servers) would both see
+            // it unrolled: they take turns.
+            tx.lock_scope(LOCK_API_KEYS, org)?;
             let old = require_not_revoked(tx, org, id, now)?;
             if old.state == KeyState::Expired {
                 return Err(Error::InvalidState {

@@ -462,9 +462,17 @@ impl Shared {
     /// pump.
     pub fn write_events(&self, org: &str, events: &[NewEvent]) -> Result<Vec<queue::Emitted>> {
         let limits = self.emit_limits();
-        let emitted = self
-            .db
-            .write(|tx| queue::insert_events(tx, org, events, &limits))?;
+        let write = || {
+            self.db
+                .write_concurrent(|tx| queue::insert_events(tx, org, events, &limits))
+        };
+        let emitted = match write() {
+            // Two processes (or threads, on PostgreSQL) emitted with the same
+            // idempotency key at once: the other one's event stands; this
+            // emit, written again, finds it.
+            Err(e) if e.is_unique_violation() => write()?,
+            other => other?,
+        };
         if emitted.iter().any(|e| e.deliveries > 0) {
             self.pump.emitted();
         }
@@ -603,9 +611,11 @@ impl Dispatcher {
     /// As [`emit_event`](Self::emit_event), for the first bad event.
     pub fn emit_batch(&self, org: &str, events: Vec<NewEvent>) -> Result<Vec<String>> {
         self.check_events(org, &events)?;
-        let emitted = if worker::on_pump_thread() {
+        let emitted = if worker::on_pump_thread() || self.shared.db.concurrent_writes() {
             // Host code reached from a pump (a logger, say) must not wait
-            // for a pump.
+            // for a pump. On PostgreSQL emits are their own transactions,
+            // side by side: the server commits them together, and a pump
+            // would only make them take turns.
             self.shared.write_events(org, &events)?
         } else {
             self.emit_through_pump(org, events)?
@@ -701,11 +711,20 @@ impl Dispatcher {
         )?;
         let host = std::cell::RefCell::new(crate::pg::HostTx {
             tx: &mut *tx,
-            notify: pool.notify.clone(),
+            notify: pool.host_notify.clone(),
         });
-        let emitted = queue::in_savepoint(crate::sql::Sql::Pg(&host), |sql| {
-            queue::insert_events(sql, org, &events, &limits)
-        });
+        let emit = || {
+            queue::in_savepoint(crate::sql::Sql::Pg(&host), |sql| {
+                queue::insert_events(sql, org, &events, &limits)
+            })
+        };
+        let emitted = match emit() {
+            // Another transaction with the same idempotency key committed
+            // while this one waited on it: rolled back to the savepoint,
+            // the emit now finds that event.
+            Ok(Err(e)) if e.is_unique_violation() => emit(),
+            other => other,
+        };
         drop(host);
         tx.execute("SELECT set_config('search_path', $1, true)", &[&host_path])?;
         Ok(emitted??.into_iter().map(|e| e.id).collect())

@@ -430,16 +430,12 @@ pub(crate) fn in_savepoint<T>(
     tx: Sql<'_>,
     f: impl FnOnce(Sql<'_>) -> Result<T>,
 ) -> Result<Result<T>> {
-    let run = |sql: &str| -> Result<()> {
-        tx.prepare_cached(sql)?.execute(())?;
-        Ok(())
-    };
-    run("SAVEPOINT keyhook_one")?;
+    tx.batch("SAVEPOINT keyhook_one")?;
     let result = f(tx);
     if result.is_err() {
-        run("ROLLBACK TO keyhook_one")?;
+        tx.batch("ROLLBACK TO keyhook_one")?;
     }
-    run("RELEASE keyhook_one")?;
+    tx.batch("RELEASE keyhook_one")?;
     Ok(result)
 }
 
@@ -493,6 +489,15 @@ fn record_isolated(
 /// corrupt or read-only file, memory), rather than one statement's row.
 pub(crate) fn transaction_failed(e: &Error) -> bool {
     use rusqlite::ErrorCode as Code;
+    #[cfg(feature = "postgres")]
+    if let Error::Postgres(e) = e {
+        // Data exceptions (22) and integrity violations (23) are one
+        // row's; anything else (a lost connection, a deadlock, a lock
+        // timeout, a full disk) is the whole transaction's.
+        return !e
+            .code()
+            .is_some_and(|c| c.starts_with("22") || c.starts_with("23"));
+    }
     let code = match e {
         Error::Database(e) | Error::Locked(e) => e.sqlite_error_code(),
         _ => return true,
@@ -582,7 +587,7 @@ pub(crate) fn claim_batch(conn: Sql<'_>, limits: &ClaimLimits) -> Result<Vec<Cla
         let mut taken = conn.prepare_cached(
             "UPDATE keyhook_endpoints SET limited_claimed_at = ?2 WHERE row_id = ?1",
         )?;
-        for (_, _, endpoint_row, _) in &rows {
+        for (_, _, endpoint_row, _, _) in &rows {
             taken.execute(params![endpoint_row, now])?;
         }
     }
@@ -598,7 +603,7 @@ pub(crate) fn claim_batch(conn: Sql<'_>, limits: &ClaimLimits) -> Result<Vec<Cla
     // Endpoint settings and secrets are read once per endpoint in the batch.
     let mut endpoints: HashMap<i64, Arc<EndpointTarget>> = HashMap::new();
     let mut out = Vec::with_capacity(rows.len());
-    for (delivery_row, event_row, endpoint_row, attempt) in rows {
+    for (delivery_row, event_row, endpoint_row, attempt, event) in rows {
         let target = match endpoints.get(&endpoint_row) {
             Some(t) => Arc::clone(t),
             None => {
@@ -607,14 +612,18 @@ pub(crate) fn claim_batch(conn: Sql<'_>, limits: &ClaimLimits) -> Result<Vec<Cla
                 t
             }
         };
-        out.push(with_event(
-            conn,
-            delivery_row,
-            event_row,
-            attempt,
-            target,
-            lease_until,
-        )?);
+        out.push(match event {
+            Some((event_id, body)) => Claimed {
+                delivery_row,
+                attempt,
+                event_id,
+                body,
+                target,
+                lease_until,
+                commit: CommitMark::default(),
+            },
+            None => with_event(conn, delivery_row, event_row, attempt, target, lease_until)?,
+        });
     }
     Ok(out)
 }
@@ -807,13 +816,27 @@ const CLAIM_HEALTHY_DEEP_SQL: &str = lease!(
     )
 );
 
+/// [`lease!`] on PostgreSQL: the claimed rows come back with their
+/// event's id and body, in the same round trip.
+#[cfg(feature = "postgres")]
+macro_rules! pg_lease {
+    ($leased:literal, $select:expr) => {
+        concat!(
+            "WITH c AS (",
+            lease!($leased, $select),
+            ") SELECT c.row_id, c.event_row, c.endpoint_row, c.attempts, ev.id, ev.body
+               FROM c JOIN keyhook_events ev ON ev.row_id = c.event_row"
+        )
+    };
+}
+
 /// PostgreSQL's limited claim, over every process's claims: the oldest due
 /// delivery of each limited endpoint with a free slot, as
 /// [`CLAIM_LIMITED_SQL`], taken with `FOR UPDATE SKIP LOCKED` so that no
 /// process waits for another's claim. (The in-flight count is safe
 /// because limited claims take turns: [`limited_claims_turn`].)
 #[cfg(feature = "postgres")]
-const PG_CLAIM_LIMITED_SQL: &str = lease!(
+const PG_CLAIM_LIMITED_SQL: &str = pg_lease!(
     2,
     "SELECT next_row FROM (
         SELECT (SELECT d.row_id FROM keyhook_deliveries d
@@ -839,7 +862,7 @@ const PG_CLAIM_LIMITED_SQL: &str = lease!(
 /// PostgreSQL's healthy claim: the oldest due deliveries of healthy
 /// endpoints, skipping rows another process is claiming.
 #[cfg(feature = "postgres")]
-const PG_CLAIM_HEALTHY_SQL: &str = lease!(
+const PG_CLAIM_HEALTHY_SQL: &str = pg_lease!(
     1,
     "SELECT d.row_id
      FROM keyhook_deliveries d
@@ -854,12 +877,23 @@ const PG_CLAIM_HEALTHY_SQL: &str = lease!(
      FOR UPDATE OF d SKIP LOCKED"
 );
 
+/// A claimed row: delivery, event and endpoint rows, the attempt number,
+/// and the event's id and body when the claim read them.
+type ClaimRow = (i64, i64, i64, u32, Option<(String, Vec<u8>)>);
+
 /// Runs a claim statement, binding the parameters it uses.
-fn claim_rows(conn: Sql<'_>, sql: &str, params: &[&dyn Arg]) -> Result<Vec<(i64, i64, i64, u32)>> {
+fn claim_rows(conn: Sql<'_>, sql: &str, params: &[&dyn Arg]) -> Result<Vec<ClaimRow>> {
     let mut stmt = conn.prepare_cached(sql)?;
     let used = stmt.parameter_count()?.min(params.len());
+    // PostgreSQL's claims bring the event along (`pg_lease!`).
+    let with_event = conn.engine() != Engine::Sqlite;
     stmt.query_map(&params[..used], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        let event = if with_event {
+            Some((r.get(4)?, r.get(5)?))
+        } else {
+            None
+        };
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, event))
     })?
     .collect()
 }

@@ -1,0 +1,381 @@
+//! Races between app servers on one PostgreSQL database, each seen failing
+//! before its fix (the review of the PostgreSQL backend): run when
+//! `KEYHOOK_TEST_POSTGRES` names a server.
+#![cfg(feature = "postgres")]
+
+mod common;
+#[path = "common/receiver.rs"]
+mod receiver;
+
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use common::{TempDb, endpoint, loopback_registry, postgres_url};
+use keyhook::postgres::{Client, NoTls};
+use keyhook::{ApiKeyStore, EndpointOptions, KeySettings, NewEvent, WebhookRegistry};
+use receiver::Receiver;
+
+const ORG: &str = "org_rv";
+const TYPE: &str = "rv.tick";
+
+fn url() -> Option<String> {
+    postgres_url()
+}
+
+/// An error inside emit_in_postgres (here a duplicate idempotency key from a
+/// concurrent transaction) leaves the host's transaction usable and its
+/// rows committed. Before the fix the savepoint was never rolled back (the
+/// rollback was prepared in an aborted transaction) and the host's COMMIT
+/// silently rolled back its own rows.
+#[test]
+fn an_error_inside_emit_in_postgres_leaves_the_host_transaction_usable() {
+    let Some(url) = url() else { return };
+    let t = TempDb::new();
+    let registry = loopback_registry(&t.db);
+    registry.register_event_type(TYPE, "t").unwrap();
+    let d = keyhook::Dispatcher::builder(&t.db, &registry)
+        .workers(0)
+        .start()
+        .unwrap();
+    let schema = t.locator().trim_start_matches("postgres:").to_owned();
+    let mut setup = Client::connect(&url, NoTls).unwrap();
+    setup
+        .batch_execute(&format!("CREATE TABLE {schema}.orders (note TEXT)"))
+        .unwrap();
+
+    let d = Arc::new(d);
+    let started = Arc::new(Barrier::new(2));
+    let (d2, s2, url2, schema2) = (d.clone(), started.clone(), url.clone(), schema.clone());
+    // Host A: emits with key K and commits a little later.
+    let a = std::thread::spawn(move || {
+        let mut host = Client::connect(&url2, NoTls).unwrap();
+        let mut tx = host.transaction().unwrap();
+        let ids = d2
+            .emit_in_postgres(
+                &mut tx,
+                ORG,
+                vec![NewEvent::new(TYPE, &1).unwrap().idempotency_key("K")],
+            )
+            .unwrap();
+        s2.wait();
+        std::thread::sleep(Duration::from_millis(500));
+        tx.commit().unwrap();
+        let _ = schema2;
+        ids
+    });
+    // Host B: its own row, then the same idempotent emit (blocks on A).
+    let mut host = Client::connect(&url, NoTls).unwrap();
+    let mut tx = host.transaction().unwrap();
+    tx.execute(&format!("INSERT INTO {schema}.orders VALUES ('b')"), &[])
+        .unwrap();
+    started.wait();
+    let result = d.emit_in_postgres(
+        &mut tx,
+        ORG,
+        vec![NewEvent::new(TYPE, &2).unwrap().idempotency_key("K")],
+    );
+    let a_ids = a.join().unwrap();
+    eprintln!("B's emit: {result:?}; A's ids: {a_ids:?}");
+    // The documented contract: on error, nothing of it is in tx and the
+    // host may still commit.
+    let usable = tx.query_one("SELECT 1", &[]);
+    eprintln!("B's tx after the emit: {usable:?}");
+    let committed = tx.commit();
+    eprintln!("B's COMMIT: {committed:?}");
+    let rows: i64 = setup
+        .query_one(&format!("SELECT COUNT(*) FROM {schema}.orders"), &[])
+        .unwrap()
+        .get(0);
+    assert!(usable.is_ok(), "host transaction left aborted");
+    assert_eq!(
+        rows, 1,
+        "host's own row silently lost although COMMIT returned {committed:?}"
+    );
+}
+
+/// max_live_keys holds with two app servers creating at once (before the
+/// fix, count-then-insert let 40 of 40 organizations get 2 keys).
+#[test]
+fn the_live_key_limit_holds_across_servers() {
+    if url().is_none() {
+        return;
+    }
+    let t = TempDb::new();
+    let other = t.reopen();
+    let a = Arc::new(
+        ApiKeyStore::builder(&t.db)
+            .max_live_keys(1)
+            .build()
+            .unwrap(),
+    );
+    let b = Arc::new(
+        ApiKeyStore::builder(&other)
+            .max_live_keys(1)
+            .build()
+            .unwrap(),
+    );
+    let mut over = 0;
+    for i in 0..40 {
+        let org = format!("org_{i}");
+        a.set_api_keys_enabled(&org, true).unwrap();
+        let barrier = Arc::new(Barrier::new(2));
+        let handles: Vec<_> = [a.clone(), b.clone()]
+            .into_iter()
+            .map(|s| {
+                let (barrier, org) = (barrier.clone(), org.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    s.create(&org, "k", KeySettings::default()).is_ok()
+                })
+            })
+            .collect();
+        let ok = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|x| *x)
+            .count();
+        if ok > 1 {
+            over += 1;
+        }
+    }
+    assert_eq!(
+        over, 0,
+        "{over} of 40 organizations got 2 live keys with max_live_keys(1)"
+    );
+}
+
+/// The same for max_endpoints.
+#[test]
+fn the_endpoint_limit_holds_across_servers() {
+    if url().is_none() {
+        return;
+    }
+    let t = TempDb::new();
+    let other = t.reopen();
+    let mk = |db: &keyhook::Database| {
+        WebhookRegistry::builder(db)
+            .destination_policy(
+                keyhook::DestinationPolicy::new()
+                    .allow_http(true)
+                    .allow_loopback(true),
+            )
+            .max_endpoints(1)
+            .build()
+    };
+    let a = Arc::new(mk(&t.db));
+    let b = Arc::new(mk(&other));
+    a.register_event_type(TYPE, "t").unwrap();
+    let mut over = 0;
+    for i in 0..40 {
+        let org = format!("org_{i}");
+        let barrier = Arc::new(Barrier::new(2));
+        let handles: Vec<_> = [a.clone(), b.clone()]
+            .into_iter()
+            .map(|r| {
+                let (barrier, org) = (barrier.clone(), org.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    r.create(
+                        &org,
+                        "http://127.0.0.1:9/x",
+                        &[TYPE],
+                        EndpointOptions::default(),
+                    )
+                    .is_ok()
+                })
+            })
+            .collect();
+        let ok = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|x| *x)
+            .count();
+        if ok > 1 {
+            over += 1;
+        }
+    }
+    assert_eq!(
+        over, 0,
+        "{over} of 40 organizations got 2 endpoints with max_endpoints(1)"
+    );
+}
+
+/// Idempotent emits of the same key from two app servers at once.
+#[test]
+fn one_idempotency_key_from_two_servers_stores_one_event() {
+    if url().is_none() {
+        return;
+    }
+    let t = TempDb::new();
+    let other = t.reopen();
+    let ra = loopback_registry(&t.db);
+    ra.register_event_type(TYPE, "t").unwrap();
+    endpoint(&ra, ORG, "http://127.0.0.1:9/x", &[TYPE]);
+    let rb = loopback_registry(&other);
+    let da = Arc::new(
+        keyhook::Dispatcher::builder(&t.db, &ra)
+            .workers(0)
+            .start()
+            .unwrap(),
+    );
+    let db_ = Arc::new(
+        keyhook::Dispatcher::builder(&other, &rb)
+            .workers(0)
+            .start()
+            .unwrap(),
+    );
+    let mut errors = Vec::new();
+    let mut differing = 0;
+    for i in 0..60 {
+        let key = format!("k{i}");
+        let barrier = Arc::new(Barrier::new(2));
+        let handles: Vec<_> = [da.clone(), db_.clone()]
+            .into_iter()
+            .map(|d| {
+                let (barrier, key) = (barrier.clone(), key.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    d.emit_event(ORG, NewEvent::new(TYPE, &1).unwrap().idempotency_key(key))
+                })
+            })
+            .collect();
+        let rs: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        match (&rs[0], &rs[1]) {
+            (Ok(x), Ok(y)) if x != y => differing += 1,
+            (Ok(_), Ok(_)) => {}
+            (a, b) => errors.push(format!("{a:?} / {b:?}")),
+        }
+    }
+    eprintln!("errors: {}: {:?}", errors.len(), errors.first());
+    assert!(
+        errors.is_empty() && differing == 0,
+        "{} errors, {differing} differing ids; first: {:?}",
+        errors.len(),
+        errors.first()
+    );
+}
+
+/// emit_in_postgres on the dispatcher's own handle wakes the local
+/// dispatcher (before the fix it ignored the NOTIFY, carrying its own
+/// token, and waited for its poll interval).
+#[test]
+fn emit_in_postgres_wakes_the_local_dispatcher() {
+    let Some(url) = url() else { return };
+    let t = TempDb::new();
+    let registry = loopback_registry(&t.db);
+    registry.register_event_type(TYPE, "t").unwrap();
+    let rx = Receiver::ok();
+    endpoint(&registry, ORG, &rx.url("/"), &[TYPE]);
+    let d = keyhook::Dispatcher::builder(&t.db, &registry)
+        .poll_interval(Duration::from_secs(30))
+        .start()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut host = Client::connect(&url, NoTls).unwrap();
+    let mut tx = host.transaction().unwrap();
+    d.emit_in_postgres(&mut tx, ORG, vec![NewEvent::new(TYPE, &1).unwrap()])
+        .unwrap();
+    tx.commit().unwrap();
+    let woken = rx.wait_for(1, Duration::from_secs(5));
+    d.shutdown(Duration::from_secs(5)).unwrap();
+    assert!(
+        woken,
+        "not delivered within 5 s (poll interval 30 s): the local dispatcher was not woken"
+    );
+}
+
+/// After the server drops every connection (a restart), the first call that
+/// meets a dead session fails and the pool drops every idle one: before the
+/// fix each of the 4 idle sessions failed a call in turn.
+#[test]
+fn after_a_restart_stale_sessions_fail_at_most_one_call() {
+    let Some(url) = url() else { return };
+    let t = TempDb::new();
+    let store = Arc::new(ApiKeyStore::new(&t.db));
+    store.set_api_keys_enabled(ORG, true).unwrap();
+    let key = store.create(ORG, "k", KeySettings::default()).unwrap();
+    let plain = key.secret.expose().to_owned();
+    // Fill the pool with 4 idle sessions.
+    let b = Arc::new(Barrier::new(4));
+    let hs: Vec<_> = (0..4)
+        .map(|_| {
+            let (s, p, b) = (store.clone(), plain.clone(), b.clone());
+            std::thread::spawn(move || {
+                b.wait();
+                for _ in 0..50 {
+                    s.verify(&p).unwrap();
+                }
+            })
+        })
+        .collect();
+    hs.into_iter().for_each(|h| h.join().unwrap());
+    let app = format!("keyhook/{}", t.locator().trim_start_matches("postgres:"));
+    Client::connect(&url, NoTls)
+        .unwrap()
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let failures = (0..10).filter(|_| store.verify(&plain).is_err()).count();
+    assert!(
+        failures <= 1,
+        "{failures} verify calls failed after the backends were terminated"
+    );
+}
+
+/// Three app servers, one new (unproven) slow endpoint, limited_in_flight 1:
+/// at most one claimed attempt in flight across all of them.
+#[test]
+fn limited_cap_holds_across_servers() {
+    if url().is_none() {
+        return;
+    }
+    use receiver::Reply;
+    let rx = Receiver::start(|_| Reply::status(500).delay(Duration::from_millis(300)));
+    let t = TempDb::new();
+    let registry = loopback_registry(&t.db);
+    registry.register_event_type(TYPE, "t").unwrap();
+    endpoint(&registry, ORG, &rx.url("/"), &[TYPE]);
+    let dbs = [t.db.clone(), t.reopen(), t.reopen()];
+    let ds: Vec<_> = dbs
+        .iter()
+        .map(|db| {
+            keyhook::Dispatcher::builder(db, &loopback_registry(db))
+                .workers(4)
+                .limited_in_flight(1)
+                .retry_policy(common::schedule(50, Duration::from_millis(1)))
+                .poll_interval(Duration::from_millis(20))
+                .start()
+                .unwrap()
+        })
+        .collect();
+    for i in 0..30 {
+        ds[i % 3].emit(ORG, TYPE, &i).unwrap();
+    }
+    let mut max_seen = 0;
+    let end = std::time::Instant::now() + Duration::from_secs(8);
+    while std::time::Instant::now() < end {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let n = t.count(&format!(
+            "SELECT COUNT(*) FROM keyhook_deliveries WHERE state = 0 AND leased = 2 AND next_attempt_at > {now}"
+        ));
+        max_seen = max_seen.max(n);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for d in ds {
+        d.shutdown(Duration::from_secs(5)).unwrap();
+    }
+    eprintln!(
+        "max limited leases at once: {max_seen}; requests {}",
+        rx.count()
+    );
+    assert!(
+        max_seen <= 1,
+        "{max_seen} limited attempts in flight at once"
+    );
+}
