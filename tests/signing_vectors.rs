@@ -103,7 +103,7 @@ fn standard_webhooks_vector_signs() {
     let mut buf = [0u8; MAX_ENTRY_LEN];
     assert_eq!(signer.sign_into(MSG_ID, TS, BODY, &mut buf), V1A_ENTRY);
     assert_eq!(
-        signing::sign(&[signer.clone()], MSG_ID, TS, BODY),
+        signing::sign(std::slice::from_ref(&signer), MSG_ID, TS, BODY),
         V1A_ENTRY
     );
 
