@@ -65,7 +65,7 @@ mod mac;
 pub use ed25519::{Ed25519PublicKey, Ed25519SecretKey};
 
 use ed25519::{Ed25519Signer, SIG_LEN};
-use mac::{KeyedMac, MAC_LEN, TS_BUF_LEN, b64_len, dotted_i64, encode_b64};
+use mac::{KeyedMac, MAC_LEN, TS_BUF_LEN, b64_len, dotted_i64, encode_b64, encode_mac_words};
 
 /// Name of the header carrying the message id.
 pub const HEADER_ID: &str = "webhook-id";
@@ -329,7 +329,12 @@ impl Signer {
         let ts = dotted_i64(timestamp, &mut ts);
         let id = msg_id.as_bytes();
         let len = match &self.scheme {
-            Scheme::V1(mac) => write_v1(&mac.mac3(id, ts, body), out),
+            Scheme::V1(mac) => {
+                out[..V1_PREFIX.len()].copy_from_slice(V1_PREFIX.as_bytes());
+                let words = mac.mac3_words(id, ts, body);
+                encode_mac_words(&words, &mut out[V1_PREFIX.len()..ENTRY_LEN]);
+                ENTRY_LEN
+            }
             Scheme::V1a(key) => write_v1a(&key.sign3(id, ts, body), out),
         };
         entry_str(&out[..len])
