@@ -318,6 +318,7 @@ impl Signer {
     /// assert_eq!(entry, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
     /// # Ok::<(), keyhook::Error>(())
     /// ```
+    #[inline]
     pub fn sign_into<'b>(
         &self,
         msg_id: &str,
