@@ -103,23 +103,39 @@ impl KeyedMac {
             compress256(&mut state, &blocks[..n]);
             return self.outer_words(&state);
         }
-        let mut buf = BlockBuffer::<U64, Eager>::default();
         if head < BLOCK_LEN {
-            // The first block is assembled on the stack, so the body's
-            // remaining blocks go to the compression function in one call.
-            let take = body.len().min(BLOCK_LEN - head);
-            let (first, rest) = body.split_at(take);
-            let mut block = [0u8; BLOCK_LEN];
-            block[..a.len()].copy_from_slice(a);
-            block[a.len()..head].copy_from_slice(b);
-            block[head..head + take].copy_from_slice(first);
-            buf.digest_blocks(&block[..head + take], |bs| compress256(&mut state, bs));
-            buf.digest_blocks(rest, |bs| compress256(&mut state, bs));
-        } else {
-            buf.digest_blocks(a, |bs| compress256(&mut state, bs));
-            buf.digest_blocks(b, |bs| compress256(&mut state, bs));
-            buf.digest_blocks(body, |bs| compress256(&mut state, bs));
+            // Longer: the first block (id, timestamp, start of the body) and
+            // the last one or two (end of the body, padding) are written to
+            // the stack, the first hashed only after the last are written, for
+            // the same reason; the blocks between are hashed straight from
+            // `body` in one call.
+            let take = BLOCK_LEN - head;
+            let (start, rest) = body.split_at(take);
+            let (middle, tail) = rest.split_at(rest.len() / BLOCK_LEN * BLOCK_LEN);
+            let mut first = Block::default();
+            first[..a.len()].copy_from_slice(a);
+            first[a.len()..head].copy_from_slice(b);
+            first[head..].copy_from_slice(start);
+            let mut last = [Block::default(); 2];
+            put(&mut last, 0, tail);
+            put(&mut last, tail.len(), &[0x80]);
+            let n = if tail.len() < BLOCK_LEN - 8 { 1 } else { 2 };
+            let bits = ((BLOCK_LEN + total) as u64).wrapping_mul(8);
+            last[n - 1][BLOCK_LEN - 8..].copy_from_slice(&bits.to_be_bytes());
+            compress256(&mut state, slice::from_ref(&first));
+            // With nothing buffered, `digest_blocks` hands whole blocks
+            // over without copying; `middle` is a whole number of blocks.
+            let mut buf = BlockBuffer::<U64, Eager>::default();
+            buf.digest_blocks(middle, |bs| compress256(&mut state, bs));
+            debug_assert_eq!(buf.get_pos(), 0);
+            compress256(&mut state, &last[..n]);
+            return self.outer_words(&state);
         }
+        // An id over 50 bytes or so: the general path.
+        let mut buf = BlockBuffer::<U64, Eager>::default();
+        buf.digest_blocks(a, |bs| compress256(&mut state, bs));
+        buf.digest_blocks(b, |bs| compress256(&mut state, bs));
+        buf.digest_blocks(body, |bs| compress256(&mut state, bs));
         // Bit length of key block and message; wraps only past 2^61 bytes.
         let bits = ((BLOCK_LEN + head) as u64)
             .wrapping_add(body.len() as u64)
