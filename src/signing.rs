@@ -101,6 +101,14 @@ pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 /// Longer headers are rejected before any work is done on them.
 pub const MAX_SIGNATURE_HEADER_LEN: usize = 8 * 1024;
 
+/// Most `v1a` entries of one header a [`Verifier`] checks; later ones are
+/// ignored.
+///
+/// An Ed25519 verification costs about a thousand HMACs, so a header stuffed
+/// with signatures could otherwise make a receiver spend milliseconds per
+/// request. Senders sign with one or two keys at a time.
+pub const MAX_V1A_ENTRIES: usize = 4;
+
 /// Longest single signature entry, `v1a,` and the 88 base64 characters of an
 /// Ed25519 signature: the size of the buffer [`Signer::sign_into`] writes to.
 pub const MAX_ENTRY_LEN: usize = V1A_PREFIX.len() + V1A_B64_LEN;
@@ -591,7 +599,8 @@ impl Verifier {
     /// bytes, or a `v1a` entry that is not the padded base64 of 64 bytes,
     /// never matches. MACs are compared in constant time; Ed25519 signatures
     /// are verified strictly (RFC 8032, rejecting non-canonical and
-    /// small-order values).
+    /// small-order values), the first [`MAX_V1A_ENTRIES`] well-formed ones
+    /// only.
     ///
     /// # Errors
     ///
@@ -807,10 +816,10 @@ fn verify_with(
         content.extend_from_slice(msg_id.as_bytes());
         content.extend_from_slice(ts_text);
         content.extend_from_slice(body);
-        for entry in entries(signature, "v1a") {
-            let Some(sig) = decode_fixed::<SIG_LEN, V1A_B64_LEN>(entry) else {
-                continue;
-            };
+        let well_formed = entries(signature, "v1a")
+            .filter_map(decode_fixed::<SIG_LEN, V1A_B64_LEN>)
+            .take(MAX_V1A_ENTRIES);
+        for sig in well_formed {
             let sig = ed25519_dalek::Signature::from_bytes(&sig);
             for key in public_keys {
                 if key.verifying_key().verify_strict(&content, &sig).is_ok() {

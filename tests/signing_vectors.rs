@@ -218,6 +218,26 @@ fn wrong_key_fails() {
 }
 
 #[test]
+fn only_the_first_v1a_entries_are_checked() {
+    let other = Ed25519SecretKey::generate().unwrap();
+    let forged = Signer::ed25519(&other).sign(MSG_ID, TS, BODY).to_string();
+    let stuffed = |n: usize| {
+        let mut header = vec![forged.as_str(); n];
+        header.push(V1A_ENTRY);
+        header.join(" ")
+    };
+    let max = signing::MAX_V1A_ENTRIES;
+    assert_eq!(check(&verifier_pk(), &stuffed(max - 1), BODY), Ok(()));
+    assert_eq!(
+        check(&verifier_pk(), &stuffed(max), BODY),
+        Err(VerifyError::NoMatchingSignature)
+    );
+    // Malformed entries do not count.
+    let header = format!("{} {V1A_ENTRY}", vec!["v1a,AAAA"; 20].join(" "));
+    assert_eq!(check(&verifier_pk(), &header, BODY), Ok(()));
+}
+
+#[test]
 fn missing_entry_kinds_are_named() {
     let err = |reason| {
         Err(VerifyError::InvalidHeader {
