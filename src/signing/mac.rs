@@ -1,0 +1,406 @@
+//! The fixed-cost parts of a signature, kept small because most webhook
+//! bodies are under 1 KiB and these costs are paid once per signature:
+//! a pre-keyed HMAC-SHA256 on SHA-256's compression function, the decimal
+//! timestamp, and base64 of fixed-size outputs.
+//!
+//! The HMAC is RFC 2104 built on `sha2::compress256` (which picks SHA-NI or
+//! the ARMv8 SHA instructions at run time) rather than on `hmac::Hmac`: each
+//! signature copies two 32-byte states instead of the whole generic MAC
+//! state, and the outer hash is one block assembled on the stack. Tests check
+//! it against the `hmac` crate for every length that changes the padding.
+
+use std::slice;
+
+use sha2::compress256;
+use sha2::digest::block_buffer::{BlockBuffer, Eager};
+use sha2::digest::consts::U64;
+use sha2::digest::generic_array::GenericArray;
+use sha2::{Digest as _, Sha256};
+
+/// SHA-256 block size.
+pub(super) const BLOCK_LEN: usize = 64;
+
+/// Length of an HMAC-SHA256 output.
+pub(super) const MAC_LEN: usize = 32;
+
+type Block = GenericArray<u8, U64>;
+
+/// SHA-256 initial state (FIPS 180-4, 5.3.3).
+const IV: [u32; 8] = [
+    0x6a09_e667,
+    0xbb67_ae85,
+    0x3c6e_f372,
+    0xa54f_f53a,
+    0x510e_527f,
+    0x9b05_688c,
+    0x1f83_d9ab,
+    0x5be0_cd19,
+];
+
+/// HMAC-SHA256 with the key already absorbed: the SHA-256 states after the
+/// inner (`key ^ 0x36`) and outer (`key ^ 0x5c`) key blocks.
+///
+/// The states are as secret as the key; there is no `Debug`.
+#[derive(Clone)]
+pub(super) struct KeyedMac {
+    inner: [u32; 8],
+    outer: [u32; 8],
+}
+
+impl KeyedMac {
+    pub(super) fn new(key: &[u8]) -> KeyedMac {
+        let mut padded = [0u8; BLOCK_LEN];
+        if key.len() > BLOCK_LEN {
+            padded[..MAC_LEN].copy_from_slice(&Sha256::digest(key));
+        } else {
+            padded[..key.len()].copy_from_slice(key);
+        }
+        let absorb = |xor: u8| {
+            let mut block = Block::default();
+            for (b, k) in block.iter_mut().zip(padded) {
+                *b = k ^ xor;
+            }
+            let mut state = IV;
+            compress256(&mut state, slice::from_ref(&block));
+            state
+        };
+        KeyedMac {
+            inner: absorb(0x36),
+            outer: absorb(0x5c),
+        }
+    }
+
+    /// The MAC of `a ‖ b ‖ body`.
+    #[inline]
+    pub(super) fn mac3(&self, a: &[u8], b: &[u8], body: &[u8]) -> [u8; MAC_LEN] {
+        let mut out = [0u8; MAC_LEN];
+        for (chunk, word) in out.chunks_exact_mut(4).zip(self.mac3_words(a, b, body)) {
+            chunk.copy_from_slice(&word.to_be_bytes());
+        }
+        out
+    }
+
+    /// The MAC of `a ‖ b ‖ body` as SHA-256's eight big-endian words, which
+    /// [`encode_mac_words`] encodes without going through bytes.
+    #[inline]
+    pub(super) fn mac3_words(&self, a: &[u8], b: &[u8], body: &[u8]) -> [u32; 8] {
+        let mut state = self.inner;
+        let head = a.len() + b.len();
+        let total = head + body.len();
+        if total <= SHORT_LEN {
+            // A short message and its padding fill one or two blocks: both
+            // are written before either is hashed, so that the second
+            // block's loads do not wait on stores still in flight (a
+            // store-forwarding stall that costs a small body several ns).
+            let mut blocks = [Block::default(); 2];
+            put(&mut blocks, 0, a);
+            put(&mut blocks, a.len(), b);
+            put(&mut blocks, head, body);
+            put(&mut blocks, total, &[0x80]);
+            let n = if total < BLOCK_LEN - 8 { 1 } else { 2 };
+            let bits = ((BLOCK_LEN + total) as u64) * 8;
+            blocks[n - 1][BLOCK_LEN - 8..].copy_from_slice(&bits.to_be_bytes());
+            compress256(&mut state, &blocks[..n]);
+            return self.outer_words(&state);
+        }
+        if head < BLOCK_LEN {
+            // Longer: the first block (id, timestamp, start of the body) and
+            // the last one or two (end of the body, padding) are written to
+            // the stack, the first hashed only after the last are written, for
+            // the same reason; the blocks between are hashed straight from
+            // `body` in one call.
+            let take = BLOCK_LEN - head;
+            let (start, rest) = body.split_at(take);
+            let (middle, tail) = rest.split_at(rest.len() / BLOCK_LEN * BLOCK_LEN);
+            let mut first = Block::default();
+            first[..a.len()].copy_from_slice(a);
+            first[a.len()..head].copy_from_slice(b);
+            first[head..].copy_from_slice(start);
+            let mut last = [Block::default(); 2];
+            put(&mut last, 0, tail);
+            put(&mut last, tail.len(), &[0x80]);
+            let n = if tail.len() < BLOCK_LEN - 8 { 1 } else { 2 };
+            let bits = ((BLOCK_LEN + total) as u64).wrapping_mul(8);
+            last[n - 1][BLOCK_LEN - 8..].copy_from_slice(&bits.to_be_bytes());
+            compress256(&mut state, slice::from_ref(&first));
+            // With nothing buffered, `digest_blocks` hands whole blocks
+            // over without copying; `middle` is a whole number of blocks.
+            let mut buf = BlockBuffer::<U64, Eager>::default();
+            buf.digest_blocks(middle, |bs| compress256(&mut state, bs));
+            debug_assert_eq!(buf.get_pos(), 0);
+            compress256(&mut state, &last[..n]);
+            return self.outer_words(&state);
+        }
+        // An id over 50 bytes or so: the general path.
+        let mut buf = BlockBuffer::<U64, Eager>::default();
+        buf.digest_blocks(a, |bs| compress256(&mut state, bs));
+        buf.digest_blocks(b, |bs| compress256(&mut state, bs));
+        buf.digest_blocks(body, |bs| compress256(&mut state, bs));
+        // Bit length of key block and message; wraps only past 2^61 bytes.
+        let bits = ((BLOCK_LEN + head) as u64)
+            .wrapping_add(body.len() as u64)
+            .wrapping_mul(8);
+        buf.len64_padding_be(bits, |block| {
+            compress256(&mut state, slice::from_ref(block));
+        });
+        self.outer_words(&state)
+    }
+
+    /// The outer hash of an inner hash state: one block, on the stack.
+    #[inline(always)]
+    fn outer_words(&self, state: &[u32; 8]) -> [u32; 8] {
+        // Outer hash: key block (absorbed), then the 32-byte inner hash,
+        // padded into a single block.
+        let mut block = Block::default();
+        for (chunk, word) in block.chunks_exact_mut(4).zip(*state) {
+            chunk.copy_from_slice(&word.to_be_bytes());
+        }
+        block[MAC_LEN] = 0x80;
+        block[BLOCK_LEN - 8..].copy_from_slice(&(((BLOCK_LEN + MAC_LEN) * 8) as u64).to_be_bytes());
+        let mut outer = self.outer;
+        compress256(&mut outer, slice::from_ref(&block));
+        outer
+    }
+}
+
+/// Longest message whose padding (`0x80` and the 8-byte length) still fits
+/// two blocks.
+const SHORT_LEN: usize = 2 * BLOCK_LEN - 9;
+
+/// Writes `src` at byte `at` of two consecutive blocks.
+#[inline(always)]
+fn put(blocks: &mut [Block; 2], at: usize, src: &[u8]) {
+    let [first, second] = blocks;
+    if at >= BLOCK_LEN {
+        second[at - BLOCK_LEN..at - BLOCK_LEN + src.len()].copy_from_slice(src);
+    } else {
+        let split = src.len().min(BLOCK_LEN - at);
+        first[at..at + split].copy_from_slice(&src[..split]);
+        second[..src.len() - split].copy_from_slice(&src[split..]);
+    }
+}
+
+/// Room for `.{i64}.`: 20 characters for `i64::MIN` and two dots.
+pub(super) const TS_BUF_LEN: usize = 22;
+
+/// `"00"` to `"99"`.
+const DIGIT_PAIRS: &[u8; 200] = b"\
+    0001020304050607080910111213141516171819\
+    2021222324252627282930313233343536373839\
+    4041424344454647484950515253545556575859\
+    6061626364656667686970717273747576777879\
+    8081828384858687888990919293949596979899";
+
+/// Writes `.{v}.` (`v` in decimal) at the end of `buf` and returns it.
+#[inline]
+pub(super) fn dotted_i64(v: i64, buf: &mut [u8; TS_BUF_LEN]) -> &[u8] {
+    let mut n = v.unsigned_abs();
+    let mut i = buf.len() - 1;
+    buf[i] = b'.';
+    // Two digits per division: half the multiply chain of one at a time.
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    }
+    if n >= 10 {
+        let pair = n as usize * 2;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    } else {
+        i -= 1;
+        buf[i] = b'0' + n as u8;
+    }
+    if v < 0 {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    i -= 1;
+    buf[i] = b'.';
+    &buf[i..]
+}
+
+/// Standard base64 alphabet.
+const B64_ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Base64 of every 12-bit value: two characters per lookup, half the
+/// lookups of the 64-entry alphabet (8 KiB).
+static B64_PAIRS: [[u8; 2]; 4096] = {
+    let mut table = [[0u8; 2]; 4096];
+    let mut i = 0;
+    while i < 4096 {
+        table[i] = [B64_ALPHABET[i >> 6], B64_ALPHABET[i & 63]];
+        i += 1;
+    }
+    table
+};
+
+/// Length of the padded standard base64 of `n` bytes.
+pub(super) const fn b64_len(n: usize) -> usize {
+    n.div_ceil(3) * 4
+}
+
+/// Padded standard base64 of `src` into `dst`, which must be exactly
+/// [`b64_len`]`(src.len())` bytes. Inlined so that fixed sizes unroll.
+#[inline(always)]
+pub(super) fn encode_b64(src: &[u8], dst: &mut [u8]) {
+    debug_assert_eq!(dst.len(), b64_len(src.len()));
+    let full = src.len() / 3;
+    let (groups, tail) = src.split_at(full * 3);
+    let (dst_groups, dst_tail) = dst.split_at_mut(full * 4);
+    for (s, d) in groups.chunks_exact(3).zip(dst_groups.chunks_exact_mut(4)) {
+        let n = usize::from(s[0]) << 16 | usize::from(s[1]) << 8 | usize::from(s[2]);
+        d[..2].copy_from_slice(&B64_PAIRS[n >> 12]);
+        d[2..].copy_from_slice(&B64_PAIRS[n & 0xfff]);
+    }
+    match *tail {
+        [a] => {
+            let n = usize::from(a) << 4;
+            dst_tail.copy_from_slice(&[B64_PAIRS[n][0], B64_PAIRS[n][1], b'=', b'=']);
+        }
+        [a, b] => {
+            let n = usize::from(a) << 16 | usize::from(b) << 8;
+            let hi = B64_PAIRS[n >> 12];
+            dst_tail.copy_from_slice(&[hi[0], hi[1], B64_ALPHABET[(n >> 6) & 63], b'=']);
+        }
+        _ => {}
+    }
+}
+
+/// Padded standard base64 of a MAC given as SHA-256's eight big-endian
+/// words, into `dst` (44 bytes).
+///
+/// Every three words are four 3-byte groups, taken with shifts: about half
+/// the work of encoding from bytes, which counts for small bodies.
+#[inline(always)]
+pub(super) fn encode_mac_words(w: &[u32; 8], dst: &mut [u8]) {
+    let groups: [u32; 10] = [
+        w[0] >> 8,
+        (w[0] & 0xff) << 16 | w[1] >> 16,
+        (w[1] & 0xffff) << 8 | w[2] >> 24,
+        w[2] & 0xff_ffff,
+        w[3] >> 8,
+        (w[3] & 0xff) << 16 | w[4] >> 16,
+        (w[4] & 0xffff) << 8 | w[5] >> 24,
+        w[5] & 0xff_ffff,
+        w[6] >> 8,
+        (w[6] & 0xff) << 16 | w[7] >> 16,
+    ];
+    let (body, tail) = dst.split_at_mut(40);
+    for (g, d) in groups.into_iter().zip(body.chunks_exact_mut(4)) {
+        let g = g as usize;
+        d[..2].copy_from_slice(&B64_PAIRS[g >> 12]);
+        d[2..].copy_from_slice(&B64_PAIRS[g & 0xfff]);
+    }
+    // The last two bytes: 16 bits, three characters and one `=`.
+    let last = (w[7] & 0xffff) as usize;
+    let hi = B64_PAIRS[last >> 4];
+    tail.copy_from_slice(&[hi[0], hi[1], B64_ALPHABET[(last << 2) & 63], b'=']);
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use hmac::{Hmac, Mac};
+    use rand::Rng as _;
+
+    use super::*;
+
+    #[test]
+    fn mac3_matches_hmac_crate() {
+        let mut rng = rand::rng();
+        let data: Vec<u8> = (0..700).map(|_| rng.random()).collect();
+        for key_len in [0, 1, 24, 32, 63, 64, 65, 100] {
+            let key = &data[500..500 + key_len];
+            let ours = KeyedMac::new(key);
+            let reference = Hmac::<Sha256>::new_from_slice(key).unwrap();
+            for (a_len, b_len) in [
+                (0, 0),
+                (1, 12),
+                (31, 12),
+                (52, 11),
+                (53, 11),
+                (60, 10),
+                (64, 0),
+                (70, 22),
+            ] {
+                for body_len in (0..=200).chain([255, 256, 257, 300, 400]) {
+                    let (a, b) = (&data[..a_len], &data[100..100 + b_len]);
+                    let body = &data[200..200 + body_len];
+                    let mut mac = reference.clone();
+                    mac.update(a);
+                    mac.update(b);
+                    mac.update(body);
+                    let expected: [u8; MAC_LEN] = mac.finalize().into_bytes().into();
+                    assert_eq!(
+                        ours.mac3(a, b, body),
+                        expected,
+                        "key {key_len} a {a_len} b {b_len} body {body_len}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn encode_mac_words_matches_base64_crate() {
+        let mut rng = rand::rng();
+        let mut cases = vec![[0u32; 8], [u32::MAX; 8]];
+        cases.extend((0..2000).map(|_| rng.random::<[u32; 8]>()));
+        for words in cases {
+            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+            let mut dst = [0u8; 44];
+            encode_mac_words(&words, &mut dst);
+            assert_eq!(&dst[..], STANDARD.encode(&bytes).as_bytes());
+        }
+    }
+
+    #[test]
+    fn dotted_i64_edges() {
+        for v in [
+            0,
+            1,
+            -1,
+            9,
+            10,
+            99,
+            100,
+            101,
+            -10,
+            -100,
+            1_614_265_330,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            let mut buf = [0u8; TS_BUF_LEN];
+            assert_eq!(dotted_i64(v, &mut buf), format!(".{v}.").as_bytes());
+        }
+        let mut rng = rand::rng();
+        for _ in 0..10_000 {
+            let v: i64 = rng.random();
+            let mut buf = [0u8; TS_BUF_LEN];
+            assert_eq!(dotted_i64(v, &mut buf), format!(".{v}.").as_bytes());
+        }
+    }
+
+    #[test]
+    fn encode_b64_matches_base64_crate() {
+        let mut rng = rand::rng();
+        for len in 0..=70 {
+            for _ in 0..50 {
+                let src: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+                let mut dst = vec![0u8; b64_len(len)];
+                encode_b64(&src, &mut dst);
+                assert_eq!(dst, STANDARD.encode(&src).into_bytes(), "{len}");
+            }
+        }
+        for fill in [0x00, 0xff] {
+            let src = [fill; 64];
+            let mut dst = [0u8; 88];
+            encode_b64(&src, &mut dst);
+            assert_eq!(&dst[..], STANDARD.encode(src).as_bytes());
+        }
+    }
+}
