@@ -18,6 +18,8 @@ pub(crate) const MIGRATIONS: &[&[&str]] = &[
     // 2: event log, test events, event-type lifecycle, key prefixes and
     // metadata, random delivery ids.
     &[V2],
+    // 3: a change counter for API keys (verify's cache), Ed25519 secrets.
+    &[V3],
 ];
 
 /// Version 1's tables.
@@ -234,6 +236,31 @@ const V2: &str = r#"
     -- the prefix may itself hold underscores.
     UPDATE keyhook_api_keys SET prefix = substr(hint, 1, length(hint) - length(environment) - 9);
     ALTER TABLE keyhook_api_keys ADD COLUMN metadata TEXT;
+"#;
+
+/// Version 3.
+const V3: &str = r#"
+    -- Bumped by every change to what verify answers (not by last use):
+    -- verify's cache of recently seen keys checks it, so a revocation in
+    -- any process is seen by the very next verify.
+    CREATE TABLE keyhook_key_changes (
+        id      INTEGER PRIMARY KEY CHECK (id = 1),
+        version INTEGER NOT NULL
+    );
+    INSERT INTO keyhook_key_changes (id, version) VALUES (1, 0);
+    CREATE TRIGGER keyhook_api_keys_changed
+    AFTER UPDATE OF org_id, name, environment, hash, hash_kind, scopes, expires_at,
+        revoke_at, revoked_at, org_enabled, prefix, metadata ON keyhook_api_keys
+    BEGIN
+        UPDATE keyhook_key_changes SET version = version + 1 WHERE id = 1;
+    END;
+    CREATE TRIGGER keyhook_api_keys_deleted AFTER DELETE ON keyhook_api_keys
+    BEGIN
+        UPDATE keyhook_key_changes SET version = version + 1 WHERE id = 1;
+    END;
+
+    -- Signing keys: 0 an HMAC secret (v1), 1 an Ed25519 secret key (v1a).
+    ALTER TABLE keyhook_endpoint_secrets ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
 "#;
 
 /// keyhook 0.1's migrations: unprefixed names, versioned by
@@ -455,7 +482,7 @@ pub(crate) const FROM_LEGACY: &[&str] = &[
 /// are 64-bit), booleans stay integers (the SQL is shared), blobs are
 /// `BYTEA`.
 #[cfg(feature = "postgres")]
-pub(crate) const PG_MIGRATIONS: &[&[&str]] = &[&[PG_V1], &[PG_V2]];
+pub(crate) const PG_MIGRATIONS: &[&[&str]] = &[&[PG_V1], &[PG_V2], &[PG_V3]];
 
 #[cfg(feature = "postgres")]
 const PG_V1: &str = r#"
@@ -624,6 +651,28 @@ const PG_V2: &str = r#"
 
     ALTER TABLE keyhook_api_keys ADD COLUMN prefix TEXT;
     ALTER TABLE keyhook_api_keys ADD COLUMN metadata TEXT;
+"#;
+
+#[cfg(feature = "postgres")]
+const PG_V3: &str = r#"
+    CREATE TABLE keyhook_key_changes (
+        id      BIGINT PRIMARY KEY CHECK (id = 1),
+        version BIGINT NOT NULL
+    );
+    INSERT INTO keyhook_key_changes (id, version) VALUES (1, 0);
+    CREATE FUNCTION keyhook_key_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        UPDATE keyhook_key_changes SET version = version + 1 WHERE id = 1;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER keyhook_api_keys_changed
+        AFTER UPDATE OF org_id, name, environment, hash, hash_kind, scopes, expires_at,
+            revoke_at, revoked_at, org_enabled, prefix, metadata ON keyhook_api_keys
+        FOR EACH STATEMENT EXECUTE FUNCTION keyhook_key_changed();
+    CREATE TRIGGER keyhook_api_keys_deleted AFTER DELETE ON keyhook_api_keys
+        FOR EACH STATEMENT EXECUTE FUNCTION keyhook_key_changed();
+
+    ALTER TABLE keyhook_endpoint_secrets ADD COLUMN kind BIGINT NOT NULL DEFAULT 0;
 "#;
 
 /// Brings keyhook's schema `schema` (created if missing) up to date, in
