@@ -221,11 +221,11 @@ pub use error::{Error, OpenProblem, Rejection, Result};
 pub use error::{PgProblem, PostgresError};
 pub use event::NewEvent;
 pub use registry::{
-    CreatedEndpoint, DEFAULT_ROTATION_GRACE, EnabledEndpoint, Endpoint, EndpointOptions,
-    EndpointUpdate, EventType, EventTypeUpdate, MAX_ROTATION_GRACE, WebhookRegistry,
-    WebhookRegistryBuilder,
+    CreatedEd25519Endpoint, CreatedEndpoint, DEFAULT_ROTATION_GRACE, EnabledEndpoint, Endpoint,
+    EndpointOptions, EndpointUpdate, EventType, EventTypeUpdate, MAX_ROTATION_GRACE,
+    WebhookRegistry, WebhookRegistryBuilder,
 };
-pub use signing::SigningSecret;
+pub use signing::{Ed25519PublicKey, SigningSecret};
 
 /// The rusqlite version keyhook uses, for [`Dispatcher::emit_in`] inside the
 /// host's own transactions.

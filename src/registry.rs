@@ -1,4 +1,4 @@
-//! Webhook endpoints, the event-type catalogue, and signing-secret rotation.
+//! Webhook endpoints, the event-type catalogue, and signing-key rotation.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -9,12 +9,14 @@ use crate::db::{Database, duration_ms, from_ms, now_ms};
 use crate::destination::DestinationPolicy;
 use crate::error::{Error, Result};
 use crate::id::new_id;
-use crate::signing::SigningSecret;
+use crate::signing::{Ed25519PublicKey, Ed25519SecretKey, Signer, SigningSecret};
 use crate::validate;
 
-/// Default grace period of [`WebhookRegistry::rotate_secret`].
+/// Default grace period of [`WebhookRegistry::rotate_secret`] and
+/// [`WebhookRegistry::rotate_ed25519_key`].
 pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(24 * 3600);
-/// Longest grace period of [`WebhookRegistry::rotate_secret`].
+/// Longest grace period of [`WebhookRegistry::rotate_secret`] and
+/// [`WebhookRegistry::rotate_ed25519_key`].
 pub const MAX_ROTATION_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Headers keyhook sets itself, and hop-by-hop headers, which an endpoint's
@@ -236,6 +238,60 @@ pub struct CreatedEndpoint {
     pub secret: SigningSecret,
 }
 
+/// What [`WebhookRegistry::create_ed25519`] returns: the endpoint and the
+/// public key its owner verifies signatures with.
+///
+/// The secret key stays in keyhook's database; the receiver needs only the
+/// public key, so a leaked receiver configuration cannot forge webhooks.
+#[derive(Debug, Clone)]
+pub struct CreatedEd25519Endpoint {
+    /// The endpoint.
+    pub endpoint: Endpoint,
+    /// The public key of its `v1a` signatures; `Display` writes the
+    /// `whpk_…` form to show the owner.
+    pub public_key: Ed25519PublicKey,
+}
+
+/// A signing key as stored in `keyhook_endpoint_secrets`: the row's `kind`
+/// says what its `secret` column holds.
+enum EndpointKey {
+    /// Kind 0: an HMAC secret's key bytes (`v1`).
+    Hmac(SigningSecret),
+    /// Kind 1: an Ed25519 key pair's 32-byte seed (`v1a`).
+    Ed25519(Ed25519SecretKey),
+}
+
+const KIND_HMAC: i64 = 0;
+const KIND_ED25519: i64 = 1;
+
+impl EndpointKey {
+    fn kind(&self) -> i64 {
+        match self {
+            EndpointKey::Hmac(_) => KIND_HMAC,
+            EndpointKey::Ed25519(_) => KIND_ED25519,
+        }
+    }
+
+    fn stored_bytes(&self) -> &[u8] {
+        match self {
+            EndpointKey::Hmac(secret) => secret.as_bytes(),
+            EndpointKey::Ed25519(key) => key.seed(),
+        }
+    }
+
+    /// The key of a stored row; `None` for a row that is not a usable key
+    /// of a known kind.
+    fn from_row(kind: i64, bytes: &[u8]) -> Option<EndpointKey> {
+        match kind {
+            KIND_HMAC => SigningSecret::from_bytes(bytes).ok().map(EndpointKey::Hmac),
+            KIND_ED25519 => <&[u8; 32]>::try_from(bytes)
+                .ok()
+                .map(|seed| EndpointKey::Ed25519(Ed25519SecretKey::from_seed(seed))),
+            _ => None,
+        }
+    }
+}
+
 /// Settings for a [`WebhookRegistry`]; start with [`WebhookRegistry::builder`].
 #[derive(Debug)]
 pub struct WebhookRegistryBuilder {
@@ -402,7 +458,9 @@ impl WebhookRegistry {
         })
     }
 
-    /// Registers an endpoint and returns it with its signing secret.
+    /// Registers an endpoint and returns it with its signing secret: its
+    /// requests are signed `v1` (HMAC-SHA256). For `v1a` (Ed25519) see
+    /// [`create_ed25519`](Self::create_ed25519).
     ///
     /// # Errors
     ///
@@ -416,8 +474,74 @@ impl WebhookRegistry {
         org: &str,
         url: &str,
         event_types: &[S],
-        options: EndpointOptions,
+        mut options: EndpointOptions,
     ) -> Result<CreatedEndpoint> {
+        let secret = match options.secret.take() {
+            Some(s) => s,
+            None => SigningSecret::generate()?,
+        };
+        let endpoint = self.insert_endpoint(
+            org,
+            url,
+            event_types,
+            options,
+            &EndpointKey::Hmac(secret.clone()),
+        )?;
+        Ok(CreatedEndpoint { endpoint, secret })
+    }
+
+    /// Registers an endpoint whose requests are signed `v1a` (Ed25519) with
+    /// a new key pair, and returns it with the public key (`whpk_…`) to give
+    /// its owner. The secret key stays in keyhook's database.
+    ///
+    /// Receivers verify with
+    /// [`Verifier::with_public_key`](crate::signing::Verifier::with_public_key);
+    /// [`signing_public_keys`](Self::signing_public_keys) reads the key
+    /// again later. An existing endpoint moves to `v1a` with
+    /// [`rotate_ed25519_key`](Self::rotate_ed25519_key).
+    ///
+    /// # Errors
+    ///
+    /// As [`create`](Self::create), and [`Error::InvalidInput`] (`secret`)
+    /// if `options.secret` holds an HMAC secret, which a `v1a` endpoint
+    /// cannot use.
+    pub fn create_ed25519<S: AsRef<str>>(
+        &self,
+        org: &str,
+        url: &str,
+        event_types: &[S],
+        options: EndpointOptions,
+    ) -> Result<CreatedEd25519Endpoint> {
+        if options.secret.is_some() {
+            return Err(Error::invalid(
+                "secret",
+                "is an HMAC (whsec_) secret; an Ed25519 endpoint signs with a key pair keyhook \
+                 generates (leave it None, or use create for a v1 endpoint)",
+            ));
+        }
+        let key = Ed25519SecretKey::generate()?;
+        let endpoint = self.insert_endpoint(
+            org,
+            url,
+            event_types,
+            options,
+            &EndpointKey::Ed25519(key.clone()),
+        )?;
+        Ok(CreatedEd25519Endpoint {
+            endpoint,
+            public_key: key.public_key(),
+        })
+    }
+
+    /// Checks and inserts an endpoint signing with `key`.
+    fn insert_endpoint<S: AsRef<str>>(
+        &self,
+        org: &str,
+        url: &str,
+        event_types: &[S],
+        options: EndpointOptions,
+        key: &EndpointKey,
+    ) -> Result<Endpoint> {
         validate::org(org)?;
         let url = self.config.policy.check_url(url)?.to_string();
         let types = check_subscription(
@@ -428,10 +552,6 @@ impl WebhookRegistry {
         if let Some(d) = &options.description {
             validate::description(d)?;
         }
-        let secret = match options.secret {
-            Some(s) => s,
-            None => SigningSecret::generate()?,
-        };
         let now = now_ms();
         let id = new_id("ep_", now)?;
         self.db.write(|tx| {
@@ -465,14 +585,8 @@ impl WebhookRegistry {
                 |r| r.get(0),
             )?;
             set_types(tx, row, &types)?;
-            tx.execute(
-                "INSERT INTO keyhook_endpoint_secrets (endpoint_row, secret, created_at) VALUES (?1, ?2, ?3)",
-                params![row, secret.as_bytes(), now],
-            )?;
-            Ok(CreatedEndpoint {
-                endpoint: get_endpoint(tx, org, &id)?.1,
-                secret: secret.clone(),
-            })
+            insert_key(tx, row, key, now)?;
+            Ok(get_endpoint(tx, org, &id)?.1)
         })
     }
 
@@ -619,26 +733,60 @@ impl WebhookRegistry {
         })
     }
 
-    /// Gives the endpoint a new signing secret. Requests are signed with both
-    /// the new and the old secret until `grace` ends (default
-    /// [`DEFAULT_ROTATION_GRACE`]), so receivers can switch without missing a
-    /// request.
+    /// Gives the endpoint a new `v1` (HMAC) signing secret. Requests are
+    /// signed with the new secret and with every key signing now until
+    /// `grace` ends (default [`DEFAULT_ROTATION_GRACE`]), so receivers can
+    /// switch without missing a request; then with the new secret only.
+    ///
+    /// On an endpoint signing `v1a`, this moves it back to `v1`: during the
+    /// grace period its requests carry both `v1,…` and `v1a,…` entries.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidInput`] (`grace`) above [`MAX_ROTATION_GRACE`];
-    /// [`Error::NotFound`].
+    /// [`Error::NotFound`]. Nothing changes on error.
     pub fn rotate_secret(
         &self,
         org: &str,
         id: &str,
         grace: Option<Duration>,
     ) -> Result<SigningSecret> {
-        let grace = grace.unwrap_or(DEFAULT_ROTATION_GRACE);
-        if grace > MAX_ROTATION_GRACE {
-            return Err(Error::invalid("grace", "must be at most 7 days"));
-        }
+        let grace = check_grace(grace)?;
         let secret = SigningSecret::generate()?;
+        self.rotate(org, id, grace, &EndpointKey::Hmac(secret.clone()))?;
+        Ok(secret)
+    }
+
+    /// Gives the endpoint a new `v1a` (Ed25519) key pair and returns its
+    /// public key (`whpk_…`) for the owner. Requests are signed with the new
+    /// key and with every key signing now until `grace` ends (default
+    /// [`DEFAULT_ROTATION_GRACE`]); then with the new key only.
+    ///
+    /// This is how an endpoint moves from `v1` to `v1a`: during the grace
+    /// period each request carries a `v1,…` entry for receivers still
+    /// holding the HMAC secret and a `v1a,…` entry for those holding the
+    /// public key, and each verifies the entry it has a key for. With a
+    /// grace of zero the old keys stop signing at once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] (`grace`) above [`MAX_ROTATION_GRACE`];
+    /// [`Error::NotFound`]. Nothing changes on error.
+    pub fn rotate_ed25519_key(
+        &self,
+        org: &str,
+        id: &str,
+        grace: Option<Duration>,
+    ) -> Result<Ed25519PublicKey> {
+        let grace = check_grace(grace)?;
+        let key = Ed25519SecretKey::generate()?;
+        self.rotate(org, id, grace, &EndpointKey::Ed25519(key.clone()))?;
+        Ok(key.public_key())
+    }
+
+    /// Adds `key` to the endpoint's signing keys; the ones signing now stop
+    /// `grace` from now.
+    fn rotate(&self, org: &str, id: &str, grace: Duration, key: &EndpointKey) -> Result<()> {
         let now = now_ms();
         self.db.write(|tx| {
             let (row, _) = get_endpoint(tx, org, id)?;
@@ -651,48 +799,102 @@ impl WebhookRegistry {
                  WHERE endpoint_row = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
                 params![row, now.saturating_add(duration_ms(grace))],
             )?;
-            tx.execute(
-                "INSERT INTO keyhook_endpoint_secrets (endpoint_row, secret, created_at) VALUES (?1, ?2, ?3)",
-                params![row, secret.as_bytes(), now],
-            )?;
-            Ok(())
-        })?;
-        Ok(secret)
+            insert_key(tx, row, key, now)
+        })
     }
 
-    /// The secrets that sign requests to this endpoint now, newest first.
+    /// The HMAC secrets that sign `v1` requests to this endpoint now, newest
+    /// first: empty for an endpoint signing only `v1a` (see
+    /// [`signing_public_keys`](Self::signing_public_keys)).
     ///
     /// # Errors
     ///
     /// [`Error::NotFound`].
     pub fn signing_secrets(&self, org: &str, id: &str) -> Result<Vec<SigningSecret>> {
+        Ok(self
+            .active_keys(org, id)?
+            .into_iter()
+            .filter_map(|k| match k {
+                EndpointKey::Hmac(secret) => Some(secret),
+                EndpointKey::Ed25519(_) => None,
+            })
+            .collect())
+    }
+
+    /// The public keys of the Ed25519 keys that sign `v1a` requests to this
+    /// endpoint now, newest first: what its receivers verify with. Empty for
+    /// an endpoint signing only `v1` (see
+    /// [`signing_secrets`](Self::signing_secrets)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`].
+    pub fn signing_public_keys(&self, org: &str, id: &str) -> Result<Vec<Ed25519PublicKey>> {
+        Ok(self
+            .active_keys(org, id)?
+            .into_iter()
+            .filter_map(|k| match k {
+                EndpointKey::Ed25519(key) => Some(key.public_key()),
+                EndpointKey::Hmac(_) => None,
+            })
+            .collect())
+    }
+
+    fn active_keys(&self, org: &str, id: &str) -> Result<Vec<EndpointKey>> {
         self.db.read(|c| {
             let (row, _) = get_endpoint(c, org, id)?;
-            active_secrets(c, row, now_ms())
+            active_keys(c, row, now_ms())
         })
     }
 }
 
-/// The secrets signing for an endpoint at `now`, newest first.
-pub(crate) fn active_secrets(
-    c: Sql<'_>,
-    endpoint_row: i64,
-    now: i64,
-) -> Result<Vec<SigningSecret>> {
+/// The grace period asked for, or the default; at most [`MAX_ROTATION_GRACE`].
+fn check_grace(grace: Option<Duration>) -> Result<Duration> {
+    let grace = grace.unwrap_or(DEFAULT_ROTATION_GRACE);
+    if grace > MAX_ROTATION_GRACE {
+        return Err(Error::invalid("grace", "must be at most 7 days"));
+    }
+    Ok(grace)
+}
+
+fn insert_key(tx: Sql<'_>, endpoint_row: i64, key: &EndpointKey, now: i64) -> Result<()> {
+    tx.execute(
+        "INSERT INTO keyhook_endpoint_secrets (endpoint_row, kind, secret, created_at)
+         VALUES (?1, ?2, ?3, ?4)",
+        params![endpoint_row, key.kind(), key.stored_bytes(), now],
+    )?;
+    Ok(())
+}
+
+/// The keys signing for an endpoint at `now`, newest first.
+fn active_keys(c: Sql<'_>, endpoint_row: i64, now: i64) -> Result<Vec<EndpointKey>> {
     let mut stmt = c.prepare_cached(
-        "SELECT secret FROM keyhook_endpoint_secrets
+        "SELECT kind, secret FROM keyhook_endpoint_secrets
          WHERE endpoint_row = ?1 AND (expires_at IS NULL OR expires_at > ?2)
          ORDER BY row_id DESC",
     )?;
-    let rows = stmt.query_map(params![endpoint_row, now], |r| r.get::<Vec<u8>>(0))?;
+    let rows = stmt.query_map(params![endpoint_row, now], |r| {
+        Ok((r.get::<i64>(0)?, r.get::<Vec<u8>>(1)?))
+    })?;
     let mut out = Vec::new();
-    for bytes in rows {
-        // Stored secrets were checked when written; a bad row is skipped, not fatal.
-        if let Ok(s) = SigningSecret::from_bytes(&bytes?) {
-            out.push(s);
-        }
+    for row in rows {
+        let (kind, bytes) = row?;
+        // Stored keys were checked when written; a bad row is skipped, not fatal.
+        out.extend(EndpointKey::from_row(kind, &bytes));
     }
     Ok(out)
+}
+
+/// Pre-keyed signers for an endpoint's keys signing at `now`, newest first:
+/// `v1` for HMAC secrets, `v1a` for Ed25519 keys.
+pub(crate) fn active_signers(c: Sql<'_>, endpoint_row: i64, now: i64) -> Result<Vec<Signer>> {
+    Ok(active_keys(c, endpoint_row, now)?
+        .iter()
+        .map(|k| match k {
+            EndpointKey::Hmac(secret) => Signer::new(secret),
+            EndpointKey::Ed25519(key) => Signer::ed25519(key),
+        })
+        .collect())
 }
 
 /// Checks an event type name against the Standard Webhooks rule.

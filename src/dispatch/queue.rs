@@ -12,7 +12,7 @@ use crate::db::{CommitMark, Database, from_ms, now_ms};
 use crate::error::{Error, Result};
 use crate::event::{NewEvent, envelope};
 use crate::id::new_id;
-use crate::registry::{active_secrets, headers_from_json};
+use crate::registry::{active_signers, headers_from_json};
 use crate::signing::Signer;
 
 use super::http::Response;
@@ -29,7 +29,7 @@ pub(crate) struct EndpointTarget {
     pub org: String,
     pub url: String,
     pub headers: Vec<(String, String)>,
-    /// Pre-keyed signers, one per secret signing now.
+    /// Pre-keyed signers, one per key signing now (`v1` and `v1a`).
     pub signers: Vec<Signer>,
     /// What was known of the endpoint when it was claimed.
     pub health: Health,
@@ -943,14 +943,14 @@ fn load_endpoint(conn: Sql<'_>, endpoint_row: i64, now: i64) -> Result<EndpointT
                 r.get::<bool>(5)?,
             ))
         })?;
-    let secrets = active_secrets(conn, endpoint_row, now)?;
+    let signers = active_signers(conn, endpoint_row, now)?;
     Ok(EndpointTarget {
         endpoint_row,
         endpoint_id,
         org,
         url,
         headers: headers_from_json(&headers),
-        signers: secrets.iter().map(Signer::new).collect(),
+        signers,
         health: if failing {
             Health::Failing
         } else if unproven {
