@@ -422,6 +422,16 @@ impl Database {
         self.write(f)
     }
 
+    /// A connection of its own to the same SQLite file, set up as the
+    /// pool's are, for a reader that keeps one (verify's cache watches
+    /// `data_version` on it); `None` in memory and on PostgreSQL.
+    pub(crate) fn extra_connection(&self) -> Result<Option<Connection>> {
+        match &self.inner.target {
+            Target::File(_) => Ok(Some(self.inner.connect()?)),
+            _ => Ok(None),
+        }
+    }
+
     /// Whether writes of one process run side by side (PostgreSQL) rather
     /// than one at a time (SQLite).
     pub(crate) fn concurrent_writes(&self) -> bool {

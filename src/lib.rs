@@ -205,8 +205,9 @@ mod sql;
 mod validate;
 
 pub use api_keys::{
-    ApiKey, ApiKeyStore, ApiKeyStoreBuilder, CreatedKey, DEFAULT_MAX_ROLL_GRACE, KeyPage, KeyQuery,
-    KeySecret, KeySettings, KeyState, KeyUpdate, MAX_KEY_METADATA_BYTES, VerifiedKey,
+    ApiKey, ApiKeyStore, ApiKeyStoreBuilder, CreatedKey, DEFAULT_MAX_ROLL_GRACE,
+    DEFAULT_VERIFY_CACHE, KeyPage, KeyQuery, KeySecret, KeySettings, KeyState, KeyUpdate,
+    MAX_KEY_METADATA_BYTES, VerifiedKey,
 };
 pub use db::{Database, DatabaseBuilder, Durability};
 pub use destination::DestinationPolicy;

@@ -94,6 +94,12 @@ fn child_process_entry() {
             child_emit(&db_path, start)
         }
         "one_worker" => child_one_worker(&db_path),
+        "revoke" => {
+            let id = std::env::var(START_VAR).expect("the key id in KEYHOOK_CHILD_START");
+            keyhook::ApiKeyStore::new(&common::open_located(&db_path))
+                .revoke(ORG, &id)
+                .expect("revoke in the child");
+        }
         "emit_deliver" => {
             let start = std::env::var(START_VAR)
                 .expect("KEYHOOK_CHILD_START")
@@ -748,4 +754,31 @@ fn three_processes_emit_and_deliver_each_event_once() {
         "a stray request"
     );
     assert_eq!(ids.len(), total);
+}
+
+/// A key verified (and so kept in verify's memory) in this process, then
+/// revoked by another process: the very next verify here rejects it, on
+/// SQLite (the cache watches the file's commits) and on PostgreSQL.
+#[test]
+fn a_key_revoked_by_another_process_fails_the_next_verify() {
+    let t = TempDb::new();
+    let store = keyhook::ApiKeyStore::new(&t.db);
+    store.set_api_keys_enabled(ORG, true).unwrap();
+    let created = store
+        .create(ORG, "hot", keyhook::KeySettings::default())
+        .unwrap();
+    let key = created.secret.expose().to_owned();
+    for _ in 0..3 {
+        store.verify(&key).unwrap();
+    }
+    let mut child = ChildProc::spawn(
+        "revoke",
+        &[(DB_VAR, t.locator()), (START_VAR, created.key.id.clone())],
+    );
+    let status = child.wait(Duration::from_secs(30));
+    assert!(status.success(), "the revoking child failed: {status:?}");
+    assert_eq!(
+        store.verify(&key).unwrap_err().rejection(),
+        Some(keyhook::Rejection::Revoked)
+    );
 }

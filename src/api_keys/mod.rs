@@ -1,8 +1,10 @@
 //! API keys: create, list, rename and edit, revoke, roll, and verify.
 
+mod cache;
 mod format;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use crate::sql::{Optional, Row, Sql, params};
@@ -86,6 +88,39 @@ pub enum KeyState {
     Expired,
     /// Revoked for good.
     Revoked,
+}
+
+impl KeyState {
+    /// A stable name for URLs, forms and logs: `active`, `expired`,
+    /// `revoked` (parsed back by `str::parse`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Active => "active",
+            KeyState::Expired => "expired",
+            KeyState::Revoked => "revoked",
+        }
+    }
+}
+
+impl std::fmt::Display for KeyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for KeyState {
+    type Err = Error;
+
+    /// The state [`KeyState::as_str`] names; [`Error::InvalidInput`]
+    /// (`state`) for anything else.
+    fn from_str(s: &str) -> Result<KeyState> {
+        match s {
+            "active" => Ok(KeyState::Active),
+            "expired" => Ok(KeyState::Expired),
+            "revoked" => Ok(KeyState::Revoked),
+            _ => Err(Error::invalid("state", "must be active, expired or revoked")),
+        }
+    }
 }
 
 /// A key's metadata. Never holds the plaintext or the hash.
@@ -213,6 +248,7 @@ pub struct ApiKeyStoreBuilder {
     pepper: Option<Vec<u8>>,
     max_live_keys: u32,
     max_roll_grace: Duration,
+    verify_cache: usize,
 }
 
 impl std::fmt::Debug for ApiKeyStoreBuilder {
@@ -223,6 +259,7 @@ impl std::fmt::Debug for ApiKeyStoreBuilder {
             .field("pepper", &self.pepper.as_ref().map(|_| "<redacted>"))
             .field("max_live_keys", &self.max_live_keys)
             .field("max_roll_grace", &self.max_roll_grace)
+            .field("verify_cache", &self.verify_cache)
             .finish()
     }
 }
@@ -271,6 +308,16 @@ impl ApiKeyStoreBuilder {
         self
     }
 
+    /// How many recently verified keys [`ApiKeyStore::verify`] answers from
+    /// memory (0: none). Default: [`DEFAULT_VERIFY_CACHE`]. Only keys whose
+    /// secret matched are kept, so unknown keys cannot push hot ones out;
+    /// every verify still sees every change at once (see `verify`). SQLite
+    /// files only: in memory and on PostgreSQL every verify reads the row.
+    pub fn verify_cache(mut self, keys: usize) -> Self {
+        self.verify_cache = keys;
+        self
+    }
+
     /// Checks the settings and builds the store.
     ///
     /// # Errors
@@ -316,8 +363,10 @@ impl ApiKeyStoreBuilder {
         if self.max_roll_grace > MAX_ROLL_GRACE_LIMIT {
             return Err(Error::invalid("max_roll_grace", "must be at most 365 days"));
         }
+        let cache = cache::VerifyCache::new(&self.db, self.verify_cache)?.map(Arc::new);
         Ok(ApiKeyStore {
             db: self.db,
+            cache,
             config: Arc::new(Config {
                 prefix: self.prefix,
                 environments: self.environments,
@@ -352,6 +401,8 @@ struct Config {
 pub struct ApiKeyStore {
     db: Database,
     config: Arc<Config>,
+    /// Recently verified keys (SQLite files).
+    cache: Option<Arc<cache::VerifyCache>>,
 }
 
 impl std::fmt::Debug for ApiKeyStore {
@@ -368,6 +419,10 @@ impl std::fmt::Debug for ApiKeyStore {
 
 /// The advisory lock kind of an organization's API keys (PostgreSQL).
 const LOCK_API_KEYS: i32 = 1;
+
+/// How many keys [`ApiKeyStore::verify`] keeps in memory unless
+/// [`ApiKeyStoreBuilder::verify_cache`] says otherwise: 10,000 (a few MiB).
+pub const DEFAULT_VERIFY_CACHE: usize = 10_000;
 
 const KEY_COLUMNS: &str = "id, org_id, name, description, environment, hint, scopes, \
      created_at, last_used_at, expires_at, revoke_at, revoked_at, metadata";
@@ -390,6 +445,7 @@ impl ApiKeyStore {
             pepper: None,
             max_live_keys: 50,
             max_roll_grace: DEFAULT_MAX_ROLL_GRACE,
+            verify_cache: DEFAULT_VERIFY_CACHE,
         }
     }
 
@@ -779,8 +835,14 @@ impl ApiKeyStore {
     }
 
     /// Checks a key presented by a caller. Malformed strings of any length are
-    /// rejected without touching the database; revocation is seen at once
-    /// (there is no cache). A well-formed key is one indexed read of one row.
+    /// rejected without touching the database. A well-formed key is one
+    /// indexed read of one row, or, for a key verified recently (on a SQLite
+    /// file; [`ApiKeyStoreBuilder::verify_cache`]), no read at all: SQLite is
+    /// asked whether anything was committed since (`data_version`), and only
+    /// then whether keys changed (a version that triggers bump on every
+    /// change to what verify answers). Revocation, expiry, plan changes and
+    /// key updates, made by any thread or process, are seen by the very next
+    /// verify, cache or not.
     ///
     /// A key verifies only under the prefix and environment it was made
     /// with: the same id and secret spelled with another store's prefix (and
@@ -802,86 +864,94 @@ impl ApiKeyStore {
             return Err(Error::Rejected(Rejection::Malformed));
         }
         let now = now_ms();
-        let row = self.db.read(|conn| {
-            let row = conn
-                .prepare_cached(VERIFY_SQL)?
+        let cached = match &self.cache {
+            Some(cache) => cache.get(parsed.id)?,
+            None => None,
+        };
+        let key = match cached {
+            Some(key) => {
+                if !self.secret_matches(&parsed, &key) {
+                    return Err(Error::Rejected(Rejection::Unknown));
+                }
+                key
+            }
+            None => {
+                let (key, version) = self.read_key(&parsed)?;
+                if !self.secret_matches(&parsed, &key) {
+                    return Err(Error::Rejected(Rejection::Unknown));
+                }
+                // Only a key whose secret matched is kept.
+                let key = Arc::new(key);
+                if let (Some(cache), Some(version)) = (&self.cache, version) {
+                    cache.insert(parsed.id, Arc::clone(&key), version);
+                }
+                key
+            }
+        };
+        if key.revoked_at.is_some() || key.revoke_at.is_some_and(|t| t <= now) {
+            return Err(Error::Rejected(Rejection::Revoked));
+        }
+        if key.expires_at.is_some_and(|t| t <= now) {
+            return Err(Error::Rejected(Rejection::Expired));
+        }
+        if !key.plan {
+            return Err(Error::Rejected(Rejection::PlanInactive));
+        }
+        let last_used = key.last_used_at.load(Ordering::Relaxed);
+        if last_used == i64::MIN || now.saturating_sub(last_used) >= LAST_USED_GRANULARITY_MS {
+            key.last_used_at.store(now, Ordering::Relaxed);
+            // A failure to record usage must not fail an otherwise valid request.
+            let recorded = self.db.read(|conn| {
+                conn.prepare_cached(
+                    "UPDATE keyhook_api_keys SET last_used_at = ?2
+                     WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at <= ?3)",
+                )?
+                .execute(params![parsed.id, now, now - LAST_USED_GRANULARITY_MS])
+            });
+            if let Err(e) = recorded {
+                log::warn!("could not record last use of api key {}: {e}", parsed.id);
+            }
+        }
+        Ok(VerifiedKey {
+            id: parsed.id.to_owned(),
+            org: key.org.clone(),
+            name: key.name.clone(),
+            scopes: key.scopes.clone(),
+            environment: key.environment.clone(),
+            metadata: key.metadata.clone(),
+        })
+    }
+
+    /// The key `parsed` names, as verify needs it, and the change version
+    /// it was read under; [`Rejection::Unknown`] if there is none.
+    fn read_key(&self, parsed: &format::Parsed<'_>) -> Result<(cache::Cached, Option<i64>)> {
+        let (row, version) = self.db.read(|conn| {
+            conn.prepare_cached(VERIFY_SQL)?
                 .query_row([parsed.id], |r| {
-                    Ok(VerifyRow {
-                        org: r.get(0)?,
-                        hash: r.get(1)?,
-                        hash_kind: r.get(2)?,
-                        scopes: r.get(3)?,
-                        environment: r.get(4)?,
-                        expires_at: r.get(5)?,
-                        revoke_at: r.get(6)?,
-                        revoked_at: r.get(7)?,
-                        last_used_at: r.get(8)?,
-                        plan: r.get(9)?,
-                        prefix: r.get(10)?,
-                        name: r.get(11)?,
-                        metadata: r.get(12)?,
-                    })
+                    Ok((
+                        VerifyRow {
+                            org: r.get(0)?,
+                            hash: r.get(1)?,
+                            hash_kind: r.get(2)?,
+                            scopes: r.get(3)?,
+                            environment: r.get(4)?,
+                            expires_at: r.get(5)?,
+                            revoke_at: r.get(6)?,
+                            revoked_at: r.get(7)?,
+                            last_used_at: r.get(8)?,
+                            plan: r.get(9)?,
+                            prefix: r.get(10)?,
+                            name: r.get(11)?,
+                            metadata: r.get(12)?,
+                        },
+                        r.get::<Option<i64>>(13)?,
+                    ))
                 })
                 .optional()?
-                .ok_or(Error::Rejected(Rejection::Unknown))?;
-            let matches = match row.hash_kind {
-                HASH_SHA256 => {
-                    bool::from(Sha256::digest(parsed.secret).as_slice().ct_eq(&row.hash))
-                }
-                HASH_HMAC_PEPPER => match &self.config.pepper {
-                    Some(mac) => {
-                        let mut mac = mac.clone();
-                        mac.update(parsed.secret.as_bytes());
-                        mac.verify_slice(&row.hash).is_ok()
-                    }
-                    None => {
-                        log::warn!(
-                            "api key {} was hashed with a pepper but this store has none",
-                            parsed.id
-                        );
-                        false
-                    }
-                },
-                _ => false,
-            };
-            // The prefix and environment are part of the key string but checked
-            // against the stored row too, so a key cannot be re-spelled for
-            // another store or environment on the same file. The hash is always
-            // computed first, so such a key takes as long as a wrong secret.
-            let same_spelling = row.prefix.as_deref() == Some(parsed.prefix)
-                && row.environment == parsed.environment;
-            if !(matches & same_spelling) {
-                return Err(Error::Rejected(Rejection::Unknown));
-            }
-            if row.revoked_at.is_some() || row.revoke_at.is_some_and(|t| t <= now) {
-                return Err(Error::Rejected(Rejection::Revoked));
-            }
-            if row.expires_at.is_some_and(|t| t <= now) {
-                return Err(Error::Rejected(Rejection::Expired));
-            }
-            if !row.plan {
-                return Err(Error::Rejected(Rejection::PlanInactive));
-            }
-            if row
-                .last_used_at
-                .is_none_or(|t| now - t >= LAST_USED_GRANULARITY_MS)
-            {
-                // A failure to record usage must not fail an otherwise valid request.
-                if let Err(e) = conn
-                    .prepare_cached(
-                        "UPDATE keyhook_api_keys SET last_used_at = ?2
-                         WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at <= ?3)",
-                    )
-                    .and_then(|mut s| {
-                        s.execute(params![parsed.id, now, now - LAST_USED_GRANULARITY_MS])
-                    })
-                {
-                    log::warn!("could not record last use of api key {}: {e}", parsed.id);
-                }
-            }
-            Ok(row)
+                .ok_or(Error::Rejected(Rejection::Unknown))
         })?;
-        // Parsed only for a key that verified: a rejected one costs nothing more.
+        // A host's malformed metadata is reported only for a key whose
+        // secret matches (checked by the caller before use).
         let metadata = row
             .metadata
             .as_deref()
@@ -894,14 +964,52 @@ impl ApiKeyStore {
                     Box::new(e),
                 ))
             })?;
-        Ok(VerifiedKey {
-            id: parsed.id.to_owned(),
+        let key = cache::Cached {
+            scopes: split_scopes(&row.scopes),
             org: row.org,
             name: row.name,
-            scopes: split_scopes(&row.scopes),
             environment: row.environment,
             metadata,
-        })
+            prefix: row.prefix,
+            hash: row.hash,
+            hash_kind: row.hash_kind,
+            expires_at: row.expires_at,
+            revoke_at: row.revoke_at,
+            revoked_at: row.revoked_at,
+            plan: row.plan,
+            last_used_at: AtomicI64::new(row.last_used_at.unwrap_or(i64::MIN)),
+        };
+        Ok((key, version))
+    }
+
+    /// Whether the presented secret is the key's (constant time), and the
+    /// key was made under the prefix and environment it is spelled with.
+    /// The prefix and environment are part of the key string but checked
+    /// against the stored row too, so a key cannot be re-spelled for another
+    /// store or environment on the same database. The hash is always
+    /// computed, so such a key takes as long as a wrong secret.
+    fn secret_matches(&self, parsed: &format::Parsed<'_>, key: &cache::Cached) -> bool {
+        let matches = match key.hash_kind {
+            HASH_SHA256 => bool::from(Sha256::digest(parsed.secret).as_slice().ct_eq(&key.hash)),
+            HASH_HMAC_PEPPER => match &self.config.pepper {
+                Some(mac) => {
+                    let mut mac = mac.clone();
+                    mac.update(parsed.secret.as_bytes());
+                    mac.verify_slice(&key.hash).is_ok()
+                }
+                None => {
+                    log::warn!(
+                        "api key {} was hashed with a pepper but this store has none",
+                        parsed.id
+                    );
+                    false
+                }
+            },
+            _ => false,
+        };
+        let same_spelling =
+            key.prefix.as_deref() == Some(parsed.prefix) && key.environment == parsed.environment;
+        matches & same_spelling
     }
 
     fn hash(&self, secret: &[u8]) -> (Vec<u8>, i64) {
@@ -943,8 +1051,11 @@ impl ApiKeyStore {
 }
 
 /// Everything verify needs, in one row found through the unique index on `id`.
+/// One key's row and, read in the same statement (the same snapshot), the
+/// change version it belongs to (for the cache).
 const VERIFY_SQL: &str = "SELECT org_id, hash, hash_kind, scopes, environment, expires_at,
-        revoke_at, revoked_at, last_used_at, org_enabled, prefix, name, metadata
+        revoke_at, revoked_at, last_used_at, org_enabled, prefix, name, metadata,
+        (SELECT version FROM keyhook_key_changes WHERE id = 1)
      FROM keyhook_api_keys WHERE id = ?1";
 
 /// A page of one organization's keys (?1), at `now` (?2), strictly older
@@ -1229,12 +1340,20 @@ mod tests {
 
     #[test]
     fn verify_reads_one_row_through_an_index() {
+        // One key by its index, and the one-row change version by its key.
         let plan = plan(&store(), VERIFY_SQL);
+        let lines: Vec<&str> = plan.lines().collect();
+        assert_eq!(lines.len(), 3, "{plan}");
         assert!(
-            plan.starts_with("SEARCH keyhook_api_keys USING INDEX") && plan.ends_with("(id=?)"),
+            lines[0].starts_with("SEARCH keyhook_api_keys USING INDEX")
+                && lines[0].ends_with("(id=?)"),
             "{plan}"
         );
-        assert!(!plan.contains('\n'), "{plan}");
+        assert_eq!(lines[1], "SCALAR SUBQUERY 1", "{plan}");
+        assert!(
+            lines[2].starts_with("SEARCH keyhook_key_changes USING INTEGER PRIMARY KEY"),
+            "{plan}"
+        );
     }
 
     #[test]
