@@ -479,3 +479,21 @@ fn a_database_error_displays_sqlites_message_without_the_sql() {
     assert!(msg.contains("no such column: version"), "{msg}");
     assert!(!msg.contains("SELECT"), "the statement leaked into: {msg}");
 }
+
+#[test]
+fn states_have_stable_names_that_parse_back() {
+    use keyhook::{DeliveryState, KeyState};
+    for s in [
+        DeliveryState::Pending,
+        DeliveryState::Delivered,
+        DeliveryState::Failed,
+    ] {
+        assert_eq!(s.as_str().parse::<DeliveryState>().unwrap(), s);
+        assert_eq!(s.to_string(), s.as_str());
+    }
+    for s in [KeyState::Active, KeyState::Expired, KeyState::Revoked] {
+        assert_eq!(s.as_str().parse::<KeyState>().unwrap(), s);
+    }
+    common::assert_invalid_input("Pending".parse::<DeliveryState>(), "state");
+    common::assert_invalid_input("".parse::<KeyState>(), "state");
+}

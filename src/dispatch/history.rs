@@ -17,6 +17,30 @@ pub const MAX_HISTORY_RANGE: Duration = Duration::from_secs(90 * 24 * 3600);
 /// The most deliveries on one history page.
 pub const MAX_PAGE_SIZE: usize = 200;
 
+impl std::fmt::Display for DeliveryState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DeliveryState {
+    type Err = Error;
+
+    /// The state [`DeliveryState::as_str`] names; [`Error::InvalidInput`]
+    /// (`state`) for anything else.
+    fn from_str(s: &str) -> Result<DeliveryState> {
+        match s {
+            "pending" => Ok(DeliveryState::Pending),
+            "delivered" => Ok(DeliveryState::Delivered),
+            "failed" => Ok(DeliveryState::Failed),
+            _ => Err(Error::invalid(
+                "state",
+                "must be pending, delivered or failed",
+            )),
+        }
+    }
+}
+
 /// Where a delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeliveryState {
@@ -29,6 +53,16 @@ pub enum DeliveryState {
 }
 
 impl DeliveryState {
+    /// A stable name for URLs, forms and logs: `pending`, `delivered`,
+    /// `failed` (parsed back by `str::parse`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed => "failed",
+        }
+    }
+
     pub(crate) fn from_code(code: i64) -> DeliveryState {
         match code {
             DELIVERED => DeliveryState::Delivered,
