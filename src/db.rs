@@ -432,6 +432,20 @@ impl Database {
         }
     }
 
+    /// The wal-index (`-shm`) file of a plain file path, as SQLite resolved
+    /// it (a `file:` URI may name another VFS, which may keep the index
+    /// elsewhere: `None` there, in memory and on PostgreSQL).
+    pub(crate) fn wal_index_path(&self) -> Option<PathBuf> {
+        match &self.inner.target {
+            Target::File(p) if !p.as_os_str().as_encoded_bytes().starts_with(b"file:") => {
+                let mut name = self.inner.main_file.get()?.as_os_str().to_owned();
+                name.push("-shm");
+                Some(PathBuf::from(name))
+            }
+            _ => None,
+        }
+    }
+
     /// Whether writes of one process run side by side (PostgreSQL) rather
     /// than one at a time (SQLite).
     pub(crate) fn concurrent_writes(&self) -> bool {

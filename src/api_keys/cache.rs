@@ -11,6 +11,16 @@
 //! changes, plan changes and key updates are seen by the very next verify on
 //! every thread and in every process, exactly as without a cache.
 //!
+//! `data_version` starts a read transaction, which costs about as much as
+//! the row read it saves. So on Unix the cache first reads the wal-index
+//! header, the first 96 bytes of the `-shm` file that every connection to
+//! the file shares (SQLite's documented WAL format: two copies of a 48-byte
+//! header). Every commit, by any connection of any process, rewrites it
+//! (new frame count, checksums, salts after a WAL reset) before the commit
+//! returns; while the bytes are the same as at the last full check, nothing
+//! was committed since. Any difference, or a header that does not look
+//! valid, falls back to the full check.
+//!
 //! Only keys whose secret matched are kept: unknown ids and wrong secrets
 //! never enter, so they cannot push the hot keys out. At most `capacity`
 //! keys are kept; a new one then replaces the one used longest ago.
@@ -52,6 +62,10 @@ pub(crate) struct VerifyCache {
 struct State {
     /// The cache's own connection, for `data_version`.
     conn: rusqlite::Connection,
+    /// The `-shm` file (Unix, a plain file path), and its header as of the
+    /// last full check.
+    wal_index: Option<std::fs::File>,
+    wal_header: Option<[u8; WAL_HEADER]>,
     data_version: Option<i64>,
     /// The `keyhook_key_changes` version the entries were read under.
     key_version: Option<i64>,
@@ -78,9 +92,18 @@ impl VerifyCache {
         let Some(conn) = db.extra_connection()? else {
             return Ok(None);
         };
+        // Opened after the connection: the file exists while one is open.
+        let wal_index = if cfg!(unix) {
+            db.wal_index_path()
+                .and_then(|p| std::fs::File::open(p).ok())
+        } else {
+            None
+        };
         Ok(Some(VerifyCache {
             state: Mutex::new(State {
                 conn,
+                wal_index,
+                wal_header: None,
                 data_version: None,
                 key_version: None,
                 entries: HashMap::new(),
@@ -134,10 +157,41 @@ impl VerifyCache {
     }
 }
 
+/// Two copies of SQLite's 48-byte wal-index header.
+const WAL_HEADER: usize = 96;
+
+/// The wal-index header, if it reads whole and looks initialised (format
+/// 3007000, `isInit` set, both copies equal).
+#[cfg(unix)]
+fn read_wal_header(file: &std::fs::File) -> Option<[u8; WAL_HEADER]> {
+    use std::os::unix::fs::FileExt;
+    let mut h = [0u8; WAL_HEADER];
+    file.read_exact_at(&mut h, 0).ok()?;
+    let version = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]);
+    (version == 3_007_000 && h[12] == 1 && h[..48] == h[48..]).then_some(h)
+}
+
+#[cfg(not(unix))]
+fn read_wal_header(_: &std::fs::File) -> Option<[u8; WAL_HEADER]> {
+    None
+}
+
 impl State {
     /// Empties the cache if a change to keys was committed since the last
     /// look, by any connection of any process.
     fn refresh(&mut self) -> Result<()> {
+        // Read before the full check: a commit after this read changes the
+        // header again, and the next verify looks again.
+        let header = self.wal_index.as_ref().and_then(read_wal_header);
+        if header.is_some() && header == self.wal_header {
+            return Ok(());
+        }
+        self.full_check()?;
+        self.wal_header = header;
+        Ok(())
+    }
+
+    fn full_check(&mut self) -> Result<()> {
         let data_version: i64 = self
             .conn
             .prepare_cached("PRAGMA data_version")?
@@ -265,6 +319,49 @@ mod tests {
             s.verify(&k2_plain).unwrap_err().rejection(),
             Some(Rejection::Expired)
         );
+    }
+
+    #[test]
+    fn changes_are_seen_through_wal_resets_by_other_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir, 100);
+        assert_eq!(
+            cfg!(unix),
+            s.cache.as_ref().unwrap().lock().wal_index.is_some(),
+            "the wal-index header is watched on Unix"
+        );
+        let raw = rusqlite::Connection::open(dir.path().join("k.sqlite3")).unwrap();
+        raw.busy_timeout(Duration::from_secs(5)).unwrap();
+        for round in 0..3 {
+            let created = s
+                .create("org", &format!("k{round}"), KeySettings::default())
+                .unwrap();
+            let key = created.secret.expose().to_owned();
+            s.verify(&key).unwrap();
+            s.verify(&key).unwrap();
+            assert_eq!(
+                cfg!(unix),
+                s.cache.as_ref().unwrap().lock().wal_header.is_some(),
+                "the header reads as valid"
+            );
+            // Another connection revokes, then empties and restarts the
+            // WAL: the header's frame count starts over, its salts change.
+            raw.execute(
+                "UPDATE keyhook_api_keys SET revoked_at = 1 WHERE id = ?1",
+                [&created.key.id],
+            )
+            .unwrap();
+            let _: (i64, i64, i64) = raw
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .unwrap();
+            assert_eq!(
+                s.verify(&key).unwrap_err().rejection(),
+                Some(Rejection::Revoked),
+                "round {round}"
+            );
+        }
     }
 
     #[test]
