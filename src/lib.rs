@@ -3,13 +3,15 @@
 //! keyhook is the engine behind a SaaS "Developers" settings page: each
 //! organization creates **API keys** to reach its data from scripts, and
 //! registers **webhooks** to hear about events in real time. It runs inside
-//! the host's process on a SQLite file: no separate service, no async runtime.
+//! the host's process on a SQLite file (or, with the `postgres` feature, on
+//! PostgreSQL, shared by several app servers: `Database::open_postgres`):
+//! no separate service, no async runtime.
 //!
 //! * [`ApiKeyStore`]: create (the plaintext is shown once; only a hash is
 //!   kept), list, rename, edit, revoke for good, roll with a grace period, and
 //!   [`verify`](ApiKeyStore::verify) on every request.
 //! * [`WebhookRegistry`]: the event-type catalogue, endpoints with their
-//!   `whsec_` signing secrets, secret rotation.
+//!   `whsec_` signing secrets or Ed25519 (`v1a`) key pairs, rotation.
 //! * [`Dispatcher`]: [`emit`](Dispatcher::emit) stores an event durably and
 //!   its worker threads deliver it, signed, retrying on a schedule, keeping a
 //!   delivery history.
@@ -93,7 +95,9 @@
 //!   a server-side pepper kept out of the database); comparisons are constant
 //!   time; a CRC32 checksum rejects malformed keys without a database lookup;
 //!   revocation is enforced by a database trigger and seen by the very next
-//!   `verify` (there is no cache).
+//!   `verify` in every thread and process: verify's cache of recently seen
+//!   keys (SQLite files) checks for any commit, then for a change to keys,
+//!   on every call ([`ApiKeyStoreBuilder::verify_cache`]).
 //! * Webhook signing secrets are stored as raw bytes in the database, because
 //!   signing needs them; protect the database file like any credential store.
 //! * Secrets never appear in `Debug`, `Display`, logs or error messages.

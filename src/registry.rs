@@ -569,10 +569,10 @@ impl WebhookRegistry {
                     limit: self.config.max_endpoints,
                 });
             }
-            let row: i64 = tx.query_row(
+            let row = tx.insert(
                 "INSERT INTO keyhook_endpoints (id, org_id, url, description, all_event_types, headers,
                      enabled, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7) RETURNING row_id",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7)",
                 params![
                     id,
                     org,
@@ -582,7 +582,6 @@ impl WebhookRegistry {
                     headers_to_json(&headers),
                     now
                 ],
-                |r| r.get(0),
             )?;
             set_types(tx, row, &types)?;
             insert_key(tx, row, key, now)?;

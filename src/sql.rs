@@ -75,6 +75,22 @@ impl<'a> Sql<'a> {
         self.prepare_cached(sql)
     }
 
+    /// Runs an `INSERT` of one row and returns the new row's `row_id`:
+    /// SQLite's last insert rowid (cheaper than a `RETURNING` result), or
+    /// `RETURNING row_id` appended on PostgreSQL.
+    pub(crate) fn insert(&self, sql: &str, params: impl Params) -> Result<i64> {
+        match *self {
+            Sql::Lite(c) => {
+                self.prepare_cached(sql)?.execute(params)?;
+                Ok(c.last_insert_rowid())
+            }
+            #[cfg(feature = "postgres")]
+            Sql::Pg(_) => self
+                .prepare_cached(&format!("{sql} RETURNING row_id"))?
+                .query_row(params, |r| r.get(0)),
+        }
+    }
+
     /// Runs several statements without parameters (SQLite unit tests).
     #[cfg(test)]
     pub(crate) fn execute_batch(&self, sql: &str) -> Result<()> {

@@ -118,7 +118,10 @@ impl std::str::FromStr for KeyState {
             "active" => Ok(KeyState::Active),
             "expired" => Ok(KeyState::Expired),
             "revoked" => Ok(KeyState::Revoked),
-            _ => Err(Error::invalid("state", "must be active, expired or revoked")),
+            _ => Err(Error::invalid(
+                "state",
+                "must be active, expired or revoked",
+            )),
         }
     }
 }

@@ -226,15 +226,11 @@ fn insert_event_row(
     now: i64,
 ) -> Result<(String, i64)> {
     let id = new_id("msg_", now)?;
-    let row = tx
-        .prepare_cached(
-            "INSERT INTO keyhook_events (id, org_id, event_type, body, idempotency_key, created_at, test)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING row_id",
-        )?
-        .query_row(
-            params![id, org, event_type, body, idempotency_key, now, test],
-            |r| r.get(0),
-        )?;
+    let row = tx.insert(
+        "INSERT INTO keyhook_events (id, org_id, event_type, body, idempotency_key, created_at, test)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![id, org, event_type, body, idempotency_key, now, test],
+    )?;
     Ok((id, row))
 }
 
