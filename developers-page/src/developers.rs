@@ -11,6 +11,7 @@ use keyhook::{Endpoint, EventType, KeyPage, KeyQuery};
 use crate::csrf::{Csrf, Form};
 use crate::errors::{PageError, blocking, failed};
 use crate::html::{csrf_field, esc, notice, respond, time};
+use crate::once::Makes;
 use crate::{AppState, keys, receiver, webhooks};
 
 /// What the page reads from keyhook, in one blocking call.
@@ -74,9 +75,15 @@ API keys are available on paid plans. Webhooks are available on all plans.</p>"#
         body.push_str(&notice("info", text));
     }
     body.push_str(&plan_section(&token, data.plan_paid));
-    body.push_str(&keys::section(&token, data.plan_paid, &data.keys));
+    body.push_str(&keys::section(
+        &token,
+        &state.once.issue(&token, Makes::ApiKey),
+        data.plan_paid,
+        &data.keys,
+    ));
     body.push_str(&webhooks::section(
         &token,
+        &state.once.issue(&token, Makes::SigningSecret),
         &state.receiver_url,
         &data.catalogue,
         &data.endpoints,

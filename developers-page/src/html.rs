@@ -40,6 +40,17 @@ pub fn csrf_field(token: &str) -> String {
     )
 }
 
+/// The single-use nonce of a form that shows a secret once (see `once.rs`).
+/// `autocomplete="off"` stops a browser from restoring an old value into a
+/// freshly loaded form.
+pub fn once_field(nonce: &str) -> String {
+    format!(
+        r#"<input type="hidden" name="{}" value="{}" autocomplete="off">"#,
+        crate::once::FIELD,
+        esc(nonce)
+    )
+}
+
 const STYLE: &str = r#"
 :root { color-scheme: light; --line: #d7dbe0; --muted: #5b6470; --accent: #1f5fbf; }
 * { box-sizing: border-box; }

@@ -11,7 +11,10 @@ use keyhook::{ApiKey, CreatedKey, KeyPage, KeySettings, KeyState, KeyUpdate, Rej
 
 use crate::csrf::{Csrf, CsrfForm, Form};
 use crate::errors::{PageError, blocking, failed};
-use crate::html::{csrf_field, esc, notice, options, respond, secret_field, time, url_value};
+use crate::html::{
+    csrf_field, esc, notice, once_field, options, respond, secret_field, time, url_value,
+};
+use crate::once::Makes;
 use crate::{AppState, SCOPES};
 
 const EXPIRY_CHOICES: &[(&str, &str)] = &[
@@ -35,8 +38,9 @@ const BEST_PRACTICES: &str = r#"<details><summary>Security best practices</summa
 <li>Rotate keys periodically — revoke old ones and create new ones</li>
 <li>Store keys in environment variables, not in code</li></ul></details>"#;
 
-/// The API keys section of the Developers page.
-pub fn section(token: &str, plan_paid: bool, page: &KeyPage) -> String {
+/// The API keys section of the Developers page; `once` is the create
+/// form's single-use nonce.
+pub fn section(token: &str, once: &str, plan_paid: bool, page: &KeyPage) -> String {
     let csrf = csrf_field(token);
     let mut out = String::from(
         r#"<section class="card" id="keys"><h2>API Keys</h2>
@@ -46,7 +50,7 @@ pub fn section(token: &str, plan_paid: bool, page: &KeyPage) -> String {
         let _ = write!(
             out,
             r#"<details class="create" id="create-key-details"{open}><summary id="create-key-open">Create API Key</summary>
-<form method="post" action="/keys" id="create-key-form">{csrf}
+<form method="post" action="/keys" id="create-key-form">{csrf}{once}
 <div class="field"><label for="key-name">Name</label>
 <input type="text" id="key-name" name="name" maxlength="100" required placeholder="e.g. Zapier Integration or Internal Dashboard"></div>
 <div class="field"><label for="key-description">Description (optional)</label>
@@ -57,6 +61,7 @@ pub fn section(token: &str, plan_paid: bool, page: &KeyPage) -> String {
 <button type="submit" id="create-key">Create</button></form></details>"#,
             // Open at first, when there is nothing else to see.
             open = if page.keys.is_empty() { " open" } else { "" },
+            once = once_field(once),
             scopes = scope_boxes(&[]),
             expiry = options(EXPIRY_CHOICES.iter().copied(), "never"),
             envs = options([("live", "live"), ("test", "test")], "live"),
@@ -111,9 +116,10 @@ fn key_row(key: &ApiKey, plan_paid: bool) -> String {
             time(key.revoked_at.unwrap_or(key.created_at))
         ),
         KeyState::Active if !plan_paid => r#"<span class="badge warn">locked (plan)</span>"#.into(),
-        KeyState::Active => r#"<span class="badge ok">active</span>"#.into(),
-        KeyState::Expired => r#"<span class="badge bad">expired</span>"#.into(),
-        KeyState::Revoked => r#"<span class="badge bad">revoked</span>"#.into(),
+        KeyState::Active => format!(r#"<span class="badge ok">{}</span>"#, key.state.as_str()),
+        KeyState::Expired | KeyState::Revoked => {
+            format!(r#"<span class="badge bad">{}</span>"#, key.state.as_str())
+        }
     };
     let id = esc(&key.id);
     let name = esc(&key.name);
@@ -210,12 +216,16 @@ pub async fn switch_plan(
     }))
 }
 
-/// `POST /keys`: creates a key and shows its plaintext, once, in this answer.
+/// `POST /keys`: creates a key and shows its plaintext, once, in this
+/// answer. A second submission of the same form (a reload) creates nothing
+/// and answers 409 (see `once.rs`).
 pub async fn create(
     State(state): State<AppState>,
+    Csrf(token): Csrf,
     CsrfForm(form): CsrfForm,
 ) -> Result<Response, PageError> {
     const WHAT: &str = "Could not create the API key";
+    let claim = state.once.claim(&token, &form, Makes::ApiKey)?;
     let name = form.text("name").to_owned();
     let environment = optional(form.text("environment"));
     let settings = KeySettings {
@@ -226,7 +236,9 @@ pub async fn create(
         ..KeySettings::default()
     };
     let s = state.clone();
-    let created = blocking(move || s.keys.create(&s.org, &name, settings))
+    // The claim moves into the blocking call: settled there, whether or not
+    // this request is abandoned meanwhile.
+    let created = blocking(move || claim.settle(s.keys.create(&s.org, &name, settings)))
         .await
         .map_err(failed(WHAT))?;
     Ok(show_key_once("API key created", &created, None))
@@ -380,25 +392,29 @@ pub async fn roll_form(
         r#"<h1>Roll “{name}”</h1>
 <p>Rolling makes a new key with the same name, scopes and settings. The old key (<code>{hint}</code>)
 keeps working for the grace period you choose, so you can deploy the new one first; then it is revoked.</p>
-<form method="post" action="/keys/{id}/roll">{csrf}
+<form method="post" action="/keys/{id}/roll">{csrf}{once}
 <div class="field"><label for="roll-grace">Old key keeps working for</label><select id="roll-grace" name="grace">{grace}</select></div>
 <button type="submit" id="confirm-roll">Roll key</button> <a href="/#keys">Cancel</a></form>"#,
         name = esc(&key.name),
         hint = esc(&key.hint),
         id = esc(&key.id),
         csrf = csrf_field(&token),
+        once = once_field(&state.once.issue(&token, Makes::ApiKey)),
         grace = options(GRACE_CHOICES.iter().copied(), "86400"),
     );
     Ok(respond(StatusCode::OK, "Roll API key", &body))
 }
 
-/// `POST /keys/{id}/roll`: shows the new key once.
+/// `POST /keys/{id}/roll`: shows the new key once; a second submission of
+/// the same form rolls nothing and answers 409.
 pub async fn roll(
     State(state): State<AppState>,
+    Csrf(token): Csrf,
     Path(id): Path<String>,
     CsrfForm(form): CsrfForm,
 ) -> Result<Response, PageError> {
     const WHAT: &str = "Could not roll the API key";
+    let claim = state.once.claim(&token, &form, Makes::ApiKey)?;
     let grace = form
         .text("grace")
         .parse::<u64>()
@@ -406,11 +422,16 @@ pub async fn roll(
         .map_err(|_| PageError::bad_input(WHAT, "Choose a grace period from the list."))?;
     let s = state.clone();
     let (created, old) = blocking(move || {
-        let created = s.keys.roll(&s.org, &id, grace)?;
-        let old = s.keys.get(&s.org, &id)?;
+        let created = claim.settle(s.keys.roll(&s.org, &id, grace))?;
+        // The new key exists: show it even if the old one cannot be read.
+        let old = s.keys.get(&s.org, &id).ok();
         Ok((created, old))
     })
     .await
     .map_err(failed(WHAT))?;
-    Ok(show_key_once("API key rolled", &created, old.revoked_at))
+    Ok(show_key_once(
+        "API key rolled",
+        &created,
+        old.and_then(|k| k.revoked_at),
+    ))
 }

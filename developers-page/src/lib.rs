@@ -13,7 +13,10 @@
 //! * every form is checked against cross-site request forgery by one
 //!   extractor ([`csrf::CsrfForm`]);
 //! * secrets (an API key's plaintext, a signing secret) are rendered once, in
-//!   the answer to the POST that made them, never put in a URL or a log.
+//!   the answer to the POST that made them, never put in a URL or a log;
+//! * the forms that make them carry a single-use nonce ([`once`]), so
+//!   reloading that answer (which re-sends the POST) changes nothing and
+//!   gets a 409 page saying the secret cannot be shown again.
 
 pub mod auth;
 pub mod csrf;
@@ -22,6 +25,7 @@ pub mod errors;
 mod host;
 pub mod html;
 mod keys;
+pub mod once;
 mod receiver;
 mod webhooks;
 
@@ -111,6 +115,8 @@ pub struct Inner {
     pub org: String,
     /// The local receiver's URL.
     pub receiver_url: String,
+    /// Single-use nonces of the forms that show a secret once.
+    pub once: once::FormNonces,
     host: Mutex<host::HostData>,
     received: Mutex<VecDeque<receiver::Received>>,
 }
@@ -177,6 +183,7 @@ impl AppState {
             dispatcher,
             org: ORG.to_owned(),
             receiver_url: format!("http://{host}:{}/receiver", addr.port()),
+            once: once::FormNonces::new()?,
             host: Mutex::new(host::HostData::seeded()),
             received: Mutex::new(VecDeque::new()),
         })))

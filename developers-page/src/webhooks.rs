@@ -18,9 +18,10 @@ use crate::AppState;
 use crate::csrf::{Csrf, CsrfForm, Form};
 use crate::errors::{PageError, blocking, failed};
 use crate::html::{
-    csrf_field, datetime_local, duration, esc, notice, options, parse_datetime_local, respond,
-    secret_field, time, url_value,
+    csrf_field, datetime_local, duration, esc, notice, once_field, options, parse_datetime_local,
+    respond, secret_field, time, url_value,
 };
+use crate::once::Makes;
 
 const PAGE_SIZE: usize = 20;
 
@@ -31,9 +32,11 @@ const ROTATION_CHOICES: &[(&str, &str)] = &[
     ("604800", "7 days"),
 ];
 
-/// The webhooks section of the Developers page.
+/// The webhooks section of the Developers page; `once` is the create form's
+/// single-use nonce.
 pub fn section(
     token: &str,
+    once: &str,
     receiver_url: &str,
     catalogue: &[EventType],
     endpoints: &[Endpoint],
@@ -42,7 +45,7 @@ pub fn section(
         r#"<section class="card" id="webhooks"><h2>Webhooks</h2>
 <p>Webhooks send real-time HTTP notifications to your server when events happen in your organization.</p>
 <details class="create" id="create-webhook-details"{open}><summary id="create-webhook-open">Create Webhook</summary>
-<form method="post" action="/webhooks" id="create-webhook-form">{csrf}
+<form method="post" action="/webhooks" id="create-webhook-form">{csrf}{once}
 <div class="field"><label for="webhook-url">Endpoint URL (the URL on your server that will receive events)</label>
 <input type="url" id="webhook-url" name="url" required value="{receiver}" placeholder="https://example.com/webhooks"></div>
 <p class="muted">For this demo, <code>{receiver}</code> is a local receiver that checks signatures.</p>
@@ -52,6 +55,7 @@ pub fn section(
 <button type="submit" id="create-webhook">Create</button></form></details>"#,
         open = if endpoints.is_empty() { " open" } else { "" },
         csrf = csrf_field(token),
+        once = once_field(once),
         receiver = esc(receiver_url),
         types = type_boxes(catalogue, &[], "new"),
     );
@@ -137,11 +141,14 @@ fn optional(text: &str) -> Option<String> {
     (!text.is_empty()).then(|| text.to_owned())
 }
 
-/// `POST /webhooks`: creates an endpoint and shows its secret, once.
+/// `POST /webhooks`: creates an endpoint and shows its secret, once. A
+/// second submission of the same form creates nothing and answers 409.
 pub async fn create(
     State(state): State<AppState>,
+    Csrf(token): Csrf,
     CsrfForm(form): CsrfForm,
 ) -> Result<Response, PageError> {
+    let claim = state.once.claim(&token, &form, Makes::SigningSecret)?;
     let url = form.text("url").to_owned();
     let types = form.all("event_types");
     let options = EndpointOptions {
@@ -149,7 +156,7 @@ pub async fn create(
         ..EndpointOptions::default()
     };
     let s = state.clone();
-    let created = blocking(move || s.registry.create(&s.org, &url, &types, options))
+    let created = blocking(move || claim.settle(s.registry.create(&s.org, &url, &types, options)))
         .await
         .map_err(failed("Could not create the webhook"))?;
     Ok(show_secret_once(
@@ -195,7 +202,7 @@ impl Filters {
     fn parse(query: &Form) -> Result<Filters, PageError> {
         let state = match query.text("state") {
             "" => None,
-            s => Some(state_from_str(s).ok_or_else(|| {
+            s => Some(s.parse::<DeliveryState>().map_err(|_| {
                 PageError::bad_input(
                     "Could not filter the history",
                     format!("Unknown state {s:?}: choose pending, delivered or failed."),
@@ -223,7 +230,7 @@ impl Filters {
     fn link(&self) -> String {
         let mut q = String::new();
         if let Some(s) = self.state {
-            let _ = write!(q, "state={}&", state_str(s));
+            let _ = write!(q, "state={}&", s.as_str());
         }
         if let Some(t) = &self.event_type {
             let _ = write!(q, "type={}&", url_value(t));
@@ -232,7 +239,7 @@ impl Filters {
     }
 
     fn form(&self, action: &str, catalogue: &[EventType]) -> String {
-        let state = self.state.map_or("", state_str);
+        let state = self.state.map_or("", DeliveryState::as_str);
         let types = std::iter::once(("", "All event types"))
             .chain(catalogue.iter().map(|t| (t.name.as_str(), t.name.as_str())));
         format!(
@@ -241,34 +248,19 @@ impl Filters {
 <label for="filter-type">Event type</label> <select id="filter-type" name="type">{types}</select>
 <button type="submit" class="secondary">Filter</button></form>"#,
             states = options(
-                [
-                    ("", "All states"),
-                    ("pending", "Pending"),
-                    ("delivered", "Delivered"),
-                    ("failed", "Failed"),
-                ],
+                std::iter::once(("", "All states")).chain(
+                    [
+                        (DeliveryState::Pending, "Pending"),
+                        (DeliveryState::Delivered, "Delivered"),
+                        (DeliveryState::Failed, "Failed"),
+                    ]
+                    .map(|(s, label)| (s.as_str(), label))
+                ),
                 state
             ),
             types = options(types, self.event_type.as_deref().unwrap_or("")),
         )
     }
-}
-
-fn state_str(s: DeliveryState) -> &'static str {
-    match s {
-        DeliveryState::Pending => "pending",
-        DeliveryState::Delivered => "delivered",
-        DeliveryState::Failed => "failed",
-    }
-}
-
-fn state_from_str(s: &str) -> Option<DeliveryState> {
-    Some(match s {
-        "pending" => DeliveryState::Pending,
-        "delivered" => DeliveryState::Delivered,
-        "failed" => DeliveryState::Failed,
-        _ => return None,
-    })
 }
 
 /// A history table; `from` says where redelivery returns (`org` or `endpoint`).
@@ -307,16 +299,20 @@ fn history_table(
 }
 
 fn delivery_row(token: &str, d: &Delivery, from: &str, endpoint_column: bool) -> String {
-    let status = match d.state {
-        DeliveryState::Delivered => r#"<span class="badge ok">delivered</span>"#.to_owned(),
-        DeliveryState::Failed => r#"<span class="badge bad">failed</span>"#.to_owned(),
-        DeliveryState::Pending => format!(
-            r#"<span class="badge warn">pending</span>{}"#,
+    let (class, next) = match d.state {
+        DeliveryState::Delivered => ("ok", String::new()),
+        DeliveryState::Failed => ("bad", String::new()),
+        DeliveryState::Pending => (
+            "warn",
             d.next_attempt_at
                 .map(|t| format!(r#"<br><span class="muted">next try {}</span>"#, time(t)))
-                .unwrap_or_default()
+                .unwrap_or_default(),
         ),
     };
+    let status = format!(
+        r#"<span class="badge {class}">{}</span>{next}"#,
+        d.state.as_str()
+    );
     let last = d.attempts.last();
     let response = match last {
         None => "—".to_owned(),
@@ -359,7 +355,7 @@ fn delivery_row(token: &str, d: &Delivery, from: &str, endpoint_column: bool) ->
         r#"<tr data-delivery-id="{id}" data-state="{state}"><td><code>{event_type}</code>{test}<br><span class="mono muted">{event_id}</span></td>{endpoint}<td>{created}</td><td>{status}</td><td>{response}</td><td>{took}</td><td>{attempts}</td>
 <td><form method="post" action="/deliveries/{id}/redeliver">{csrf}<input type="hidden" name="from" value="{from}"><button type="submit" class="secondary" aria-label="Redeliver {event_id}">Redeliver</button></form></td></tr>"#,
         id = esc(&d.id),
-        state = state_str(d.state),
+        state = d.state.as_str(),
         event_type = esc(&d.event_type),
         test = if d.test {
             r#" <span class="badge">test</span>"#
@@ -485,7 +481,7 @@ pub async fn show(
 <button type="submit" class="secondary" id="replay">Replay missed events</button>
 <span class="muted">Events emitted while it was disabled, or before it subscribed to their type; up to 14 days back.</span></form>
 <h3>Signing secret</h3>
-<form method="post" action="/webhooks/{id}/rotate">{csrf}
+<form method="post" action="/webhooks/{id}/rotate">{csrf}{once}
 <div class="field"><label for="rotate-grace">The old secret keeps signing for</label><select id="rotate-grace" name="grace">{grace}</select></div>
 <button type="submit" class="secondary" id="rotate-secret">Rotate secret</button>
 <span class="muted">During the grace period each request carries both signatures, so your server can switch without missing one.</span></form>
@@ -520,6 +516,7 @@ pub async fn show(
         description_value = esc(e.description.as_deref().unwrap_or("")),
         since = datetime_local(replay_from(&query)),
         grace = options(ROTATION_CHOICES.iter().copied(), "86400"),
+        once = once_field(&state.once.issue(&token, Makes::SigningSecret)),
     );
     if e.all_event_types {
         body = body.replace(
@@ -592,13 +589,16 @@ pub async fn set_enabled(
     )))
 }
 
-/// `POST /webhooks/{id}/rotate`: a new secret, shown once.
+/// `POST /webhooks/{id}/rotate`: a new secret, shown once; a second
+/// submission of the same form rotates nothing and answers 409.
 pub async fn rotate(
     State(state): State<AppState>,
+    Csrf(token): Csrf,
     Path(id): Path<String>,
     CsrfForm(form): CsrfForm,
 ) -> Result<Response, PageError> {
     const WHAT: &str = "Could not rotate the signing secret";
+    let claim = state.once.claim(&token, &form, Makes::SigningSecret)?;
     let grace = form
         .text("grace")
         .parse::<u64>()
@@ -606,7 +606,7 @@ pub async fn rotate(
         .map_err(|_| PageError::bad_input(WHAT, "Choose a grace period from the list."))?;
     let s = state.clone();
     let (endpoint, secret) = blocking(move || {
-        let secret = s.registry.rotate_secret(&s.org, &id, Some(grace))?;
+        let secret = claim.settle(s.registry.rotate_secret(&s.org, &id, Some(grace)))?;
         Ok((s.registry.get(&s.org, &id)?, secret))
     })
     .await

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use developers_page::once::Makes;
 use developers_page::{AppState, Config, ORG};
 use keyhook::{EndpointOptions, KeySettings, KeyState};
 use tower::ServiceExt;
@@ -80,9 +81,18 @@ impl Page {
             .await
     }
 
-    /// A form POST as the page's own forms send it.
+    /// A form POST as the page's own forms send it: with the browser's
+    /// token and, on the forms that show a secret once, a fresh single-use
+    /// nonce (unless `fields` has one).
     async fn submit(&self, path: &str, fields: &[(&str, &str)]) -> Answer {
-        self.post(path, Some(TOKEN), Some(TOKEN), fields).await
+        let once = show_once(path)
+            .filter(|_| !fields.iter().any(|(k, _)| *k == "once"))
+            .map(|makes| self.state.once.issue(TOKEN, makes));
+        let mut fields = fields.to_vec();
+        if let Some(n) = &once {
+            fields.push(("once", n));
+        }
+        self.post(path, Some(TOKEN), Some(TOKEN), &fields).await
     }
 
     async fn get(&self, path: &str) -> Answer {
@@ -100,6 +110,27 @@ impl Page {
             .unwrap();
         self.send(request).await
     }
+}
+
+/// What the form at `path` makes, if it shows a secret once.
+fn show_once(path: &str) -> Option<Makes> {
+    if path == "/keys" || (path.starts_with("/keys/") && path.ends_with("/roll")) {
+        Some(Makes::ApiKey)
+    } else if path == "/webhooks" || (path.starts_with("/webhooks/") && path.ends_with("/rotate")) {
+        Some(Makes::SigningSecret)
+    } else {
+        None
+    }
+}
+
+/// The single-use nonce of the form posting to `action` in a rendered page.
+fn nonce_in(page: &str, action: &str) -> String {
+    let form = page
+        .find(&format!(r#"action="{action}""#))
+        .unwrap_or_else(|| panic!("no form for {action}"));
+    let field = r#"name="once" value=""#;
+    let start = form + page[form..].find(field).expect("the form's nonce") + field.len();
+    page[start..start + page[start..].find('"').unwrap()].to_owned()
 }
 
 #[tokio::test]
@@ -560,5 +591,169 @@ async fn disabling_and_enabling_offers_a_replay_from_when_it_stopped() {
             .unwrap()
             .len(),
         1
+    );
+}
+
+/// The messages of a second submission.
+fn assert_already_submitted(answer: &Answer, secret: &str, what: &str) {
+    assert_eq!(answer.status, StatusCode::CONFLICT, "{}", answer.body);
+    assert!(
+        answer.body.contains("This form was already submitted"),
+        "{}",
+        answer.body
+    );
+    assert!(
+        answer.body.contains(&format!(
+            "the {what} was shown once and cannot be shown again"
+        )),
+        "{}",
+        answer.body
+    );
+    assert!(answer.body.contains("Nothing was changed"));
+    assert!(
+        !answer.body.contains(secret),
+        "a secret in the second answer"
+    );
+}
+
+#[tokio::test]
+async fn submitting_the_create_key_form_twice_creates_one_key() {
+    let p = page().await;
+    let once = nonce_in(&p.get("/").await.body, "/keys");
+    let fields = [
+        ("once", once.as_str()),
+        ("name", "Zapier"),
+        ("expires", "never"),
+    ];
+    let first = p.submit("/keys", &fields).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    assert!(first.body.contains(r#"value="vr_live_"#));
+    // The reload: the browser sends the same form again.
+    let second = p.submit("/keys", &fields).await;
+    assert_already_submitted(&second, "vr_live_", "key");
+    assert!(second.body.contains("Create a new one if you lost it"));
+    assert_eq!(p.state.keys.list(ORG).unwrap().len(), 1);
+    // Again and again: still one.
+    assert_eq!(
+        p.submit("/keys", &fields).await.status,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(p.state.keys.list(ORG).unwrap().len(), 1);
+
+    // A form that failed can be fixed and sent again: its nonce was not used up.
+    let once = nonce_in(&p.get("/").await.body, "/keys");
+    let empty = p.submit("/keys", &[("once", &once), ("name", " ")]).await;
+    assert_eq!(empty.status, StatusCode::BAD_REQUEST);
+    let fixed = p
+        .submit("/keys", &[("once", &once), ("name", "Fixed")])
+        .await;
+    assert_eq!(fixed.status, StatusCode::OK, "{}", fixed.body);
+    assert_eq!(p.state.keys.list(ORG).unwrap().len(), 2);
+
+    // Another browser cannot use this one's nonce, nor a made-up one.
+    let other = "e".repeat(64);
+    let once = nonce_in(&p.get("/").await.body, "/keys");
+    for nonce in [once.as_str(), "0123.1.abcd"] {
+        let answer = p
+            .post(
+                "/keys",
+                Some(&other),
+                Some(&other),
+                &[("once", nonce), ("name", "Theirs")],
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.body);
+        assert!(answer.body.contains("single-use token"), "{}", answer.body);
+    }
+    let missing = p
+        .post("/keys", Some(TOKEN), Some(TOKEN), &[("name", "No nonce")])
+        .await;
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+    assert_eq!(p.state.keys.list(ORG).unwrap().len(), 2);
+    // The nonce refused for another browser is still good for its own.
+    let mine = p
+        .submit("/keys", &[("once", &once), ("name", "Mine")])
+        .await;
+    assert_eq!(mine.status, StatusCode::OK, "{}", mine.body);
+    assert_eq!(p.state.keys.list(ORG).unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn submitting_the_roll_form_twice_rolls_once() {
+    let p = page().await;
+    let key = p
+        .state
+        .keys
+        .create(ORG, "Dashboard", KeySettings::default())
+        .unwrap();
+    let path = format!("/keys/{}/roll", key.key.id);
+    let once = nonce_in(&p.get(&path).await.body, &path);
+    let fields = [("once", once.as_str()), ("grace", "3600")];
+    let first = p.submit(&path, &fields).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    assert!(first.body.contains("API key rolled"));
+    let second = p.submit(&path, &fields).await;
+    assert_already_submitted(&second, "vr_live_", "key");
+    // The old key and one new key.
+    assert_eq!(p.state.keys.list(ORG).unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn submitting_the_create_webhook_form_twice_creates_one_endpoint() {
+    let p = page().await;
+    let once = nonce_in(&p.get("/").await.body, "/webhooks");
+    let fields = [
+        ("once", once.as_str()),
+        ("url", "https://example.com/hook"),
+        ("event_types", "conversion.created"),
+    ];
+    let first = p.submit("/webhooks", &fields).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    assert!(first.body.contains(r#"value="whsec_"#));
+    let second = p.submit("/webhooks", &fields).await;
+    assert_already_submitted(&second, "whsec_", "signing secret");
+    assert_eq!(p.state.registry.list(ORG).unwrap().len(), 1);
+    // A key form's nonce does not work here.
+    let key_once = nonce_in(&p.get("/").await.body, "/keys");
+    let answer = p
+        .submit(
+            "/webhooks",
+            &[
+                ("once", &key_once),
+                ("url", "https://example.com/other"),
+                ("event_types", "conversion.created"),
+            ],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(p.state.registry.list(ORG).unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn submitting_the_rotate_form_twice_rotates_once() {
+    let p = page().await;
+    let ep = p
+        .state
+        .registry
+        .create(
+            ORG,
+            "https://example.com/hook",
+            &["conversion.created"],
+            EndpointOptions::default(),
+        )
+        .unwrap()
+        .endpoint;
+    let path = format!("/webhooks/{}/rotate", ep.id);
+    let once = nonce_in(&p.get(&format!("/webhooks/{}", ep.id)).await.body, &path);
+    let fields = [("once", once.as_str()), ("grace", "3600")];
+    let first = p.submit(&path, &fields).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    assert!(first.body.contains("Signing secret rotated"));
+    let second = p.submit(&path, &fields).await;
+    assert_already_submitted(&second, "whsec_", "signing secret");
+    // The first secret (in its grace period) and one new one.
+    assert_eq!(
+        p.state.registry.signing_secrets(ORG, &ep.id).unwrap().len(),
+        2
     );
 }
