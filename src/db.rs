@@ -151,6 +151,12 @@ impl DatabaseBuilder {
     /// The password never appears in an error, a log line or `Debug`.
     /// [`Error::SchemaTooNew`] if a newer keyhook migrated the schema;
     /// [`Error::InvalidInput`] for a bad schema name.
+    ///
+    /// Leases and retry times are each process's own clock: keep the app
+    /// servers' clocks in step (NTP), as for any lease-based queue. The pool
+    /// keeps at most `max_idle_connections` idle but opens more while more
+    /// threads use it at once: size PostgreSQL's `max_connections` for the
+    /// threads of every server.
     #[cfg(feature = "postgres")]
     pub fn open_postgres(self, url: &str) -> Result<Database> {
         let target = crate::pg::Target::new(url, &self.schema, self.busy_timeout)?;

@@ -454,6 +454,10 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             }
             st.first_done_at = None;
             unrecorded.append(&mut st.done);
+            // Recorded in endpoint order: two processes recording for the
+            // same endpoints (on PostgreSQL, whose writers run side by
+            // side) lock their rows in one order and cannot deadlock.
+            unrecorded.sort_by_key(|c| c.claimed.target.endpoint_row);
             (std::mem::take(&mut st.emits), st.stopping, st.generation)
         };
         if generation != last_generation {
