@@ -24,16 +24,20 @@ const TYPE: &str = "conversion.created";
 const ORG: &str = "org_faults";
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A database file whose writers give up after `busy`, and a loopback
-/// registry with the event type.
+/// A database on the engine under test whose writers give up after
+/// `busy`, and a loopback registry with the event type.
 fn setup(busy: Duration) -> (TempDb, Database, WebhookRegistry) {
-    // Faults of SQLite itself (its file, its locks): on a file whatever
-    // the engine under test.
-    let t = TempDb::sqlite();
-    let db = Database::builder()
-        .busy_timeout(busy)
-        .open(t.path())
-        .unwrap();
+    setup_on(TempDb::new(), busy)
+}
+
+/// [`setup`] on a SQLite file whatever the engine under test, for faults
+/// of SQLite itself (its file, its write lock held by another connection).
+fn setup_sqlite(busy: Duration) -> (TempDb, Database, WebhookRegistry) {
+    setup_on(TempDb::sqlite(), busy)
+}
+
+fn setup_on(t: TempDb, busy: Duration) -> (TempDb, Database, WebhookRegistry) {
+    let db = t.reopen_with(Database::builder().busy_timeout(busy));
     let registry = loopback_registry(&db);
     registry
         .register_event_type(TYPE, "A fault test event")
@@ -95,7 +99,7 @@ fn assert_each_delivered_once(d: &Dispatcher, ids: &[String]) {
 /// dropped and sent again when their leases end.
 #[test]
 fn attempts_finished_while_the_database_is_locked_are_recorded_not_resent() {
-    let (t, db, registry) = setup(Duration::from_millis(100));
+    let (t, db, registry) = setup_sqlite(Duration::from_millis(100));
     // Each request takes 300 ms, so attempts finish while the lock is held.
     let rx = Receiver::start(|_| Reply::status(204).delay(Duration::from_millis(300)));
     endpoint(&registry, ORG, &rx.url("/hook"), &[TYPE]);
@@ -134,7 +138,7 @@ fn attempts_finished_while_the_database_is_locked_are_recorded_not_resent() {
 /// in one step, once it is released: the deleted endpoint's record must not
 /// take the others with it (they would be sent again when their leases end).
 fn endpoint_changed_mid_attempt(change: impl Fn(&WebhookRegistry, &str)) {
-    let (t, db, registry) = setup(Duration::from_millis(100));
+    let (t, db, registry) = setup_sqlite(Duration::from_millis(100));
     let rx = Receiver::start(|_| Reply::status(204).delay(Duration::from_millis(400)));
     let eps: Vec<String> = (0..4)
         .map(|i| {
@@ -315,7 +319,7 @@ fn new_hanging_endpoints_leave_a_worker_for_a_healthy_one() {
 /// the wall clock, simulated here by moving the lease into the past).
 #[test]
 fn an_expired_looking_lease_is_not_claimed_again_by_its_own_process() {
-    let (t, db, registry) = setup(Duration::from_secs(5));
+    let (t, db, registry) = setup_sqlite(Duration::from_secs(5));
     // Recorded on arrival, answered 1.5 s later (the first, quickly).
     let first = Arc::new(AtomicBool::new(true));
     let rx = Receiver::start(move |_| {
@@ -398,7 +402,7 @@ fn retention_runs_soon_after_start() {
 #[test]
 fn a_database_held_elsewhere_delays_but_never_duplicates() {
     let busy = Duration::from_millis(150);
-    let (t, db, registry) = setup(busy);
+    let (t, db, registry) = setup_sqlite(busy);
     let rx = Receiver::start(|_| Reply::status(204).delay(Duration::from_millis(20)));
     endpoint(&registry, ORG, &rx.url("/hook"), &[TYPE]);
     let d = Arc::new(
@@ -515,7 +519,7 @@ fn shutdown_waits_for_attempts_in_flight_without_spinning() {
 #[test]
 fn emits_on_a_locked_database_fail_after_one_busy_timeout() {
     let busy = Duration::from_millis(300);
-    let (t, db, registry) = setup(busy);
+    let (t, db, registry) = setup_sqlite(busy);
     let rx = Receiver::ok();
     endpoint(&registry, ORG, &rx.url("/hook"), &[TYPE]);
     let d = Arc::new(

@@ -103,6 +103,20 @@ impl TempDb {
         self.schema.is_some()
     }
 
+    /// Another handle on the same database, opened with `builder`'s
+    /// settings (a busy timeout, say).
+    pub fn reopen_with(&self, builder: keyhook::DatabaseBuilder) -> Database {
+        match (&self.path, &self.schema) {
+            (Some(path), _) => builder.open(path).expect("open the database again"),
+            #[cfg(feature = "postgres")]
+            (None, Some(schema)) => builder
+                .schema(schema)
+                .open_postgres(&postgres_url().expect("on PostgreSQL"))
+                .expect("open the schema again"),
+            _ => unreachable!(),
+        }
+    }
+
     /// Another handle on the same database, as a second process would open it.
     pub fn reopen(&self) -> Database {
         match (&self.path, &self.schema) {
