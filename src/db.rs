@@ -71,6 +71,8 @@ pub struct DatabaseBuilder {
     max_idle: usize,
     #[cfg(feature = "postgres")]
     schema: String,
+    #[cfg(feature = "postgres")]
+    max_connections: usize,
 }
 
 impl Default for DatabaseBuilder {
@@ -81,6 +83,8 @@ impl Default for DatabaseBuilder {
             max_idle: 16,
             #[cfg(feature = "postgres")]
             schema: "keyhook".to_owned(),
+            #[cfg(feature = "postgres")]
+            max_connections: 16,
         }
     }
 }
@@ -131,12 +135,24 @@ impl DatabaseBuilder {
         self
     }
 
+    /// The most connections to PostgreSQL the pool opens at once (its
+    /// notification listener is one more). Default: 16. A thread that finds
+    /// them all in use waits up to the busy timeout for one, then gets
+    /// [`Error::PostgresOpen`] with
+    /// [`PgProblem::PoolExhausted`](crate::PgProblem::PoolExhausted).
+    #[cfg(feature = "postgres")]
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
     /// Connects to PostgreSQL (feature `postgres`) at `url`, a
     /// `postgres://user:password@host:port/database` URL or a
     /// `host=... user=... dbname=...` string, and brings keyhook's schema
     /// ([`schema`](Self::schema)) up to date. Several processes (app
     /// servers) may open the same database and schema: they share one
     /// delivery queue. Connections are pooled (at most
+    /// [`max_connections`](Self::max_connections) open,
     /// [`max_idle_connections`](Self::max_idle_connections) kept idle) and
     /// replaced when the server closes them (a restart, a terminated
     /// backend). [`busy_timeout`](Self::busy_timeout) becomes the
@@ -153,14 +169,14 @@ impl DatabaseBuilder {
     /// [`Error::InvalidInput`] for a bad schema name.
     ///
     /// Leases and retry times are each process's own clock: keep the app
-    /// servers' clocks in step (NTP), as for any lease-based queue. The pool
-    /// keeps at most `max_idle_connections` idle but opens more while more
-    /// threads use it at once: size PostgreSQL's `max_connections` for the
-    /// threads of every server.
+    /// servers' clocks in step (NTP), as for any lease-based queue. Each
+    /// process opens at most [`max_connections`](Self::max_connections)
+    /// (plus one to listen): size the server's `max_connections` for every
+    /// app server's.
     #[cfg(feature = "postgres")]
     pub fn open_postgres(self, url: &str) -> Result<Database> {
         let target = crate::pg::Target::new(url, &self.schema, self.busy_timeout)?;
-        let pool = crate::pg::Pool::open(target, self.max_idle)?;
+        let pool = crate::pg::Pool::open(target, self.max_idle, self.max_connections)?;
         Ok(Database::with_target(
             Target::Postgres(Arc::new(pool)),
             self,

@@ -297,6 +297,10 @@ pub enum PgProblem {
     NoSuchDatabase,
     /// The user may not create keyhook's schema or tables, or use them.
     PermissionDenied,
+    /// Every connection of keyhook's pool
+    /// ([`max_connections`](crate::DatabaseBuilder::max_connections)) stayed
+    /// in use for the whole busy timeout. Retrying later is safe.
+    PoolExhausted,
     /// Anything else; the server's message is in the source.
     Other,
 }
@@ -305,7 +309,7 @@ pub enum PgProblem {
 impl PgProblem {
     /// A stable machine-readable code: `invalid_url`, `unreachable`,
     /// `authentication_failed`, `no_such_database`, `permission_denied`,
-    /// `other`.
+    /// `pool_exhausted`, `other`.
     pub fn as_str(self) -> &'static str {
         match self {
             PgProblem::InvalidUrl => "invalid_url",
@@ -313,6 +317,7 @@ impl PgProblem {
             PgProblem::AuthenticationFailed => "authentication_failed",
             PgProblem::NoSuchDatabase => "no_such_database",
             PgProblem::PermissionDenied => "permission_denied",
+            PgProblem::PoolExhausted => "pool_exhausted",
             PgProblem::Other => "other",
         }
     }
@@ -329,6 +334,9 @@ impl PgProblem {
             PgProblem::NoSuchDatabase => "the server has no such database",
             PgProblem::PermissionDenied => {
                 "permission denied (the user must be able to create keyhook's schema and tables)"
+            }
+            PgProblem::PoolExhausted => {
+                "every connection of the pool stayed in use for the busy timeout"
             }
             PgProblem::Other => "see the source error",
         }

@@ -451,8 +451,12 @@ impl Target {
 /// The pool of sessions and the listening connection.
 pub(crate) struct Pool {
     pub(crate) target: Target,
-    idle: Mutex<Vec<Session>>,
+    idle: Mutex<Slots>,
+    /// Signalled when a session is returned or closed.
+    returned: std::sync::Condvar,
     max_idle: usize,
+    /// The most sessions open at once (the listener is one more).
+    max_open: usize,
     listener: Mutex<Option<Client>>,
     /// Written into this process's notifications, so it ignores its own.
     token: String,
@@ -493,22 +497,40 @@ impl Checkout<'_> {
 impl Drop for Checkout<'_> {
     fn drop(&mut self) {
         let Some(session) = self.session.take() else {
+            // Never given back (a panic while it was lent out): it is gone.
+            self.pool.lock_idle().open -= 1;
+            self.pool.returned.notify_one();
             return;
         };
         if self.in_transaction || session.client.is_closed() {
+            // Dropped: closing it rolls back what it was in.
+            drop(session);
+            self.pool.lock_idle().open -= 1;
+            self.pool.returned.notify_one();
             return;
         }
-        let mut idle = self.pool.lock_idle();
-        if idle.len() < self.pool.max_idle {
-            idle.push(session);
+        let mut slots = self.pool.lock_idle();
+        if slots.idle.len() < self.pool.max_idle {
+            slots.idle.push(session);
+        } else {
+            slots.open -= 1;
         }
+        drop(slots);
+        self.pool.returned.notify_one();
     }
+}
+
+/// The pool's sessions: those idle, and how many are open in all.
+#[derive(Default)]
+struct Slots {
+    idle: Vec<Session>,
+    open: usize,
 }
 
 impl Pool {
     /// Connects once (the server is there, the schema is usable) and
     /// migrates.
-    pub(crate) fn open(target: Target, max_idle: usize) -> Result<Pool> {
+    pub(crate) fn open(target: Target, max_idle: usize, max_open: usize) -> Result<Pool> {
         let token = {
             use rand::Rng;
             format!("{:016x}", rand::rng().random::<u64>())
@@ -517,8 +539,10 @@ impl Pool {
         let host_notify = format!("NOTIFY {}, 'host'", target.channel).into();
         let pool = Pool {
             target,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(Slots::default()),
+            returned: std::sync::Condvar::new(),
             max_idle,
+            max_open: max_open.max(1),
             listener: Mutex::new(None),
             token,
             notify,
@@ -535,7 +559,10 @@ impl Pool {
             .map_err(|e| pool.map_setup_error(e))?;
         drop(client);
         let session = pool.session()?;
-        pool.lock_idle().push(session);
+        let mut slots = pool.lock_idle();
+        slots.idle.push(session);
+        slots.open = 1;
+        drop(slots);
         Ok(pool)
     }
 
@@ -555,7 +582,7 @@ impl Pool {
         }
     }
 
-    fn lock_idle(&self) -> MutexGuard<'_, Vec<Session>> {
+    fn lock_idle(&self) -> MutexGuard<'_, Slots> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -569,25 +596,53 @@ impl Pool {
     }
 
     /// A live session: an idle one that is still connected, or a new one
-    /// (after a server restart every idle one is found closed and dropped).
+    /// (after a server restart every idle one is found closed and dropped)
+    /// while fewer than `max_open` are open; otherwise waits for one to be
+    /// returned, up to the busy timeout.
     pub(crate) fn checkout(&self) -> Result<Checkout<'_>> {
-        let reused = loop {
-            let Some(s) = self.lock_idle().pop() else {
-                break None;
-            };
-            if !s.client.is_closed() {
-                break Some(s);
+        let deadline = Instant::now() + self.target.lock_timeout;
+        let mut slots = self.lock_idle();
+        loop {
+            while let Some(s) = slots.idle.pop() {
+                if !s.client.is_closed() {
+                    return Ok(self.lend(s));
+                }
+                slots.open -= 1;
             }
-        };
-        let session = match reused {
-            Some(s) => s,
-            None => self.session()?,
-        };
-        Ok(Checkout {
+            if slots.open < self.max_open {
+                slots.open += 1;
+                drop(slots);
+                return match self.session() {
+                    Ok(s) => Ok(self.lend(s)),
+                    Err(e) => {
+                        self.lock_idle().open -= 1;
+                        self.returned.notify_one();
+                        Err(e)
+                    }
+                };
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::PostgresOpen {
+                    server: self.target.describe(),
+                    problem: PgProblem::PoolExhausted,
+                    source: None,
+                });
+            }
+            slots = self
+                .returned
+                .wait_timeout(slots, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn lend(&self, session: Session) -> Checkout<'_> {
+        Checkout {
             pool: self,
             session: Some(session),
             in_transaction: false,
-        })
+        }
     }
 
     /// Runs `f` in a transaction and commits if it returns `Ok`.
@@ -658,7 +713,12 @@ impl Pool {
 
     /// Drops every idle session (after one was found closed by the server).
     fn forget_idle(&self) {
-        self.lock_idle().clear();
+        let mut slots = self.lock_idle();
+        let dropped = slots.idle.len();
+        slots.idle.clear();
+        slots.open -= dropped;
+        drop(slots);
+        self.returned.notify_all();
     }
 
     /// Whether this process may send a `NOTIFY` now (at most one per

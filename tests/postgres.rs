@@ -236,3 +236,57 @@ fn killed_backends_lose_nothing_and_delivery_resumes_by_itself() {
     assert!(arrived, "an acknowledged event never arrived");
     d.shutdown(WAIT).unwrap();
 }
+
+#[test]
+fn the_pool_opens_at_most_max_connections_and_threads_take_turns() {
+    let Some(url) = server() else { return };
+    let t = TempDb::new();
+    let schema = t.locator().trim_start_matches("postgres:").to_owned();
+    let db = t.reopen_with(Database::builder().max_connections(2));
+    let store = ApiKeyStore::new(&db);
+    store.set_api_keys_enabled(ORG, true).unwrap();
+    let key = store
+        .create(ORG, "k", KeySettings::default())
+        .unwrap()
+        .secret
+        .expose()
+        .to_owned();
+    let app = format!("keyhook/{schema}");
+    let mut admin = admin(&url);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let most = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (store, key) = (store.clone(), key.clone());
+                s.spawn(move || {
+                    for _ in 0..100 {
+                        store.verify(&key).expect("verify while the pool is shared");
+                    }
+                })
+            })
+            .collect();
+        let watcher = s.spawn(|| {
+            let mut most = 0i64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let n: i64 = admin
+                    .query_one(
+                        "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = $1",
+                        &[&app],
+                    )
+                    .unwrap()
+                    .get(0);
+                most = most.max(n);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            most
+        });
+        for t in threads {
+            t.join().unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        watcher.join().unwrap()
+    });
+    // Two for the pool of this handle; the first handle (TempDb's own)
+    // keeps its one idle session, and has no listener (no dispatcher).
+    assert!(most <= 3, "{most} connections open at once");
+}
