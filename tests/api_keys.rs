@@ -1488,3 +1488,27 @@ fn list_page_refuses_bad_limits_and_cursors() {
     );
     assert_eq!(store.list(ORG).unwrap(), before, "nothing changed");
 }
+
+/// Metadata a host wrote malformed is reported only for a key whose secret
+/// matched: a wrong secret is `Unknown` like any other, and says nothing of
+/// the row.
+#[test]
+fn malformed_stored_metadata_is_not_revealed_to_a_wrong_secret() {
+    let t = TempDb::sqlite();
+    let store = enabled_store(&t.db);
+    let (key, plaintext) = create(&store, ORG, "host edited");
+    rusqlite::Connection::open(t.path())
+        .unwrap()
+        .execute(
+            "UPDATE keyhook_api_keys SET metadata = 'not json' WHERE id = ?1",
+            [&key.id],
+        )
+        .unwrap();
+    // Another secret for the same id, with a correct checksum.
+    let mut other = plaintext.clone().into_bytes();
+    let at = other.len() - 10;
+    other[at] = if other[at] == b'A' { b'B' } else { b'A' };
+    let wrong = respell(std::str::from_utf8(&other).unwrap(), "vr", "live");
+    assert_eq!(rejected(&store, &wrong), Rejection::Unknown);
+    assert!(matches!(store.verify(&plaintext), Err(Error::Database(_))));
+}

@@ -879,10 +879,13 @@ impl ApiKeyStore {
                 key
             }
             None => {
-                let (key, version) = self.read_key(&parsed)?;
+                let (mut key, metadata, version) = self.read_key(&parsed)?;
                 if !self.secret_matches(&parsed, &key) {
                     return Err(Error::Rejected(Rejection::Unknown));
                 }
+                // Parsed only for a key whose secret matched: a host's
+                // malformed metadata is not told to a wrong secret.
+                key.metadata = stored_metadata(metadata.as_deref())?;
                 // Only a key whose secret matched is kept.
                 let key = Arc::new(key);
                 if let (Some(cache), Some(version)) = (&self.cache, version) {
@@ -925,9 +928,13 @@ impl ApiKeyStore {
         })
     }
 
-    /// The key `parsed` names, as verify needs it, and the change version
-    /// it was read under; [`Rejection::Unknown`] if there is none.
-    fn read_key(&self, parsed: &format::Parsed<'_>) -> Result<(cache::Cached, Option<i64>)> {
+    /// The key `parsed` names, as verify needs it (its metadata as stored,
+    /// apart, unparsed), and the change version it was read under;
+    /// [`Rejection::Unknown`] if there is none.
+    fn read_key(
+        &self,
+        parsed: &format::Parsed<'_>,
+    ) -> Result<(cache::Cached, Option<String>, Option<i64>)> {
         let (row, version) = self.db.read(|conn| {
             conn.prepare_cached(VERIFY_SQL)?
                 .query_row([parsed.id], |r| {
@@ -953,26 +960,12 @@ impl ApiKeyStore {
                 .optional()?
                 .ok_or(Error::Rejected(Rejection::Unknown))
         })?;
-        // A host's malformed metadata is reported only for a key whose
-        // secret matches (checked by the caller before use).
-        let metadata = row
-            .metadata
-            .as_deref()
-            .map(parse_metadata)
-            .transpose()
-            .map_err(|e| {
-                Error::Database(rusqlite::Error::FromSqlConversionFailure(
-                    12,
-                    Type::Text,
-                    Box::new(e),
-                ))
-            })?;
         let key = cache::Cached {
             scopes: split_scopes(&row.scopes),
             org: row.org,
             name: row.name,
             environment: row.environment,
-            metadata,
+            metadata: None,
             prefix: row.prefix,
             hash: row.hash,
             hash_kind: row.hash_kind,
@@ -982,7 +975,7 @@ impl ApiKeyStore {
             plan: row.plan,
             last_used_at: AtomicI64::new(row.last_used_at.unwrap_or(i64::MIN)),
         };
-        Ok((key, version))
+        Ok((key, row.metadata, version))
     }
 
     /// Whether the presented secret is the key's (constant time), and the
@@ -1219,6 +1212,19 @@ fn require_not_revoked(c: Sql<'_>, org: &str, id: &str, now: i64) -> Result<ApiK
     Ok(key)
 }
 
+/// The host's metadata as stored (column 12 of [`KEY_COLUMNS`] and of
+/// [`VERIFY_SQL`]), parsed; text that is not a JSON object (written around
+/// keyhook) is a database error.
+fn stored_metadata(text: Option<&str>) -> Result<Option<serde_json::Value>> {
+    text.map(parse_metadata).transpose().map_err(|e| {
+        Error::Database(rusqlite::Error::FromSqlConversionFailure(
+            12,
+            Type::Text,
+            Box::new(e),
+        ))
+    })
+}
+
 fn key_from_row(r: &Row<'_>, now: i64) -> Result<ApiKey> {
     let expires_at: Option<i64> = r.get(9)?;
     let revoke_at: Option<i64> = r.get(10)?;
@@ -1230,18 +1236,7 @@ fn key_from_row(r: &Row<'_>, now: i64) -> Result<ApiKey> {
     } else {
         KeyState::Active
     };
-    let metadata = r
-        .get::<Option<String>>(12)?
-        .as_deref()
-        .map(parse_metadata)
-        .transpose()
-        .map_err(|e| {
-            Error::Database(rusqlite::Error::FromSqlConversionFailure(
-                12,
-                Type::Text,
-                Box::new(e),
-            ))
-        })?;
+    let metadata = stored_metadata(r.get::<Option<String>>(12)?.as_deref())?;
     Ok(ApiKey {
         id: r.get(0)?,
         org: r.get(1)?,
