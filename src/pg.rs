@@ -550,15 +550,10 @@ impl Pool {
             last_notify: AtomicU64::new(0),
             started: Instant::now(),
         };
-        let mut client = pool
-            .target
-            .config
-            .connect(NoTls)
-            .map_err(|e| pool.target.open_error(e))?;
-        crate::schema::pg_migrate(&mut client, &pool.target.schema)
+        // The pool's first session migrates, then stays for use.
+        let mut session = pool.session()?;
+        crate::schema::pg_migrate(&mut session.client, &pool.target.schema)
             .map_err(|e| pool.map_setup_error(e))?;
-        drop(client);
-        let session = pool.session()?;
         let mut slots = pool.lock_idle();
         slots.idle.push(session);
         slots.open = 1;

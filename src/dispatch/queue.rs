@@ -608,18 +608,13 @@ pub(crate) fn claim_batch(conn: Sql<'_>, limits: &ClaimLimits) -> Result<Vec<Cla
                 t
             }
         };
-        out.push(match event {
-            Some((event_id, body)) => Claimed {
-                delivery_row,
-                attempt,
-                event_id,
-                body,
-                target,
-                lease_until,
-                commit: CommitMark::default(),
-            },
-            None => with_event(conn, delivery_row, event_row, attempt, target, lease_until)?,
-        });
+        out.push(with_event(
+            conn,
+            (delivery_row, event_row, attempt),
+            event,
+            target,
+            lease_until,
+        )?);
     }
     Ok(out)
 }
@@ -640,18 +635,22 @@ fn limited_claims_turn(conn: Sql<'_>) -> Result<bool> {
     }
 }
 
-/// A claimed delivery: its event's id and body, read now, and its endpoint.
+/// A claimed delivery (its delivery and event rows, and attempt number):
+/// its event's id and body, as the claim read them or read now, and its
+/// endpoint.
 fn with_event(
     conn: Sql<'_>,
-    delivery_row: i64,
-    event_row: i64,
-    attempt: u32,
+    (delivery_row, event_row, attempt): (i64, i64, u32),
+    event: Option<(String, Vec<u8>)>,
     target: Arc<EndpointTarget>,
     lease_until: i64,
 ) -> Result<Claimed> {
-    let (event_id, body) = conn
-        .prepare_cached("SELECT id, body FROM keyhook_events WHERE row_id = ?1")?
-        .query_row([event_row], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let (event_id, body) = match event {
+        Some(event) => event,
+        None => conn
+            .prepare_cached("SELECT id, body FROM keyhook_events WHERE row_id = ?1")?
+            .query_row([event_row], |r| Ok((r.get(0)?, r.get(1)?)))?,
+    };
     Ok(Claimed {
         delivery_row,
         attempt,
@@ -1140,7 +1139,14 @@ pub(crate) fn load_manual(conn: Sql<'_>, org: &str, delivery_row: i64) -> Result
         return Ok(None);
     };
     let target = Arc::new(load_endpoint(conn, endpoint_row, now_ms())?);
-    with_event(conn, delivery_row, event_row, attempts, target, i64::MAX).map(Some)
+    with_event(
+        conn,
+        (delivery_row, event_row, attempts),
+        None,
+        target,
+        i64::MAX,
+    )
+    .map(Some)
 }
 
 /// Records a manual attempt on its own.

@@ -119,15 +119,7 @@ impl TempDb {
 
     /// Another handle on the same database, as a second process would open it.
     pub fn reopen(&self) -> Database {
-        match (&self.path, &self.schema) {
-            (Some(path), _) => Database::open(path).expect("open the database again"),
-            #[cfg(feature = "postgres")]
-            (None, Some(schema)) => Database::builder()
-                .schema(schema)
-                .open_postgres(&postgres_url().expect("on PostgreSQL"))
-                .expect("open the schema again"),
-            _ => unreachable!(),
-        }
+        self.reopen_with(Database::builder())
     }
 
     /// Where this database is, as text another process can open with
