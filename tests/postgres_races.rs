@@ -22,6 +22,30 @@ fn url() -> Option<String> {
     postgres_url()
 }
 
+/// Runs `act` on both servers' handles at once (released together), once
+/// per round `0..rounds`; each round's two results.
+fn at_once<S: Sync, T: Send>(
+    sides: [&S; 2],
+    rounds: usize,
+    act: impl Fn(&S, usize) -> T + Sync,
+) -> Vec<(T, T)> {
+    (0..rounds)
+        .map(|i| {
+            let barrier = Barrier::new(2);
+            std::thread::scope(|s| {
+                let [x, y] = sides.map(|side| {
+                    let (barrier, act) = (&barrier, &act);
+                    s.spawn(move || {
+                        barrier.wait();
+                        act(side, i)
+                    })
+                });
+                (x.join().unwrap(), y.join().unwrap())
+            })
+        })
+        .collect()
+}
+
 /// An error inside emit_in_postgres (here a duplicate idempotency key from a
 /// concurrent transaction) leaves the host's transaction usable and its
 /// rows committed. Before the fix the savepoint was never rolled back (the
@@ -102,42 +126,24 @@ fn the_live_key_limit_holds_across_servers() {
     }
     let t = TempDb::new();
     let other = t.reopen();
-    let a = Arc::new(
-        ApiKeyStore::builder(&t.db)
-            .max_live_keys(1)
-            .build()
-            .unwrap(),
-    );
-    let b = Arc::new(
-        ApiKeyStore::builder(&other)
-            .max_live_keys(1)
-            .build()
-            .unwrap(),
-    );
-    let mut over = 0;
+    let a = ApiKeyStore::builder(&t.db)
+        .max_live_keys(1)
+        .build()
+        .unwrap();
+    let b = ApiKeyStore::builder(&other)
+        .max_live_keys(1)
+        .build()
+        .unwrap();
     for i in 0..40 {
-        let org = format!("org_{i}");
-        a.set_api_keys_enabled(&org, true).unwrap();
-        let barrier = Arc::new(Barrier::new(2));
-        let handles: Vec<_> = [a.clone(), b.clone()]
-            .into_iter()
-            .map(|s| {
-                let (barrier, org) = (barrier.clone(), org.clone());
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    s.create(&org, "k", KeySettings::default()).is_ok()
-                })
-            })
-            .collect();
-        let ok = handles
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .filter(|x| *x)
-            .count();
-        if ok > 1 {
-            over += 1;
-        }
+        a.set_api_keys_enabled(&format!("org_{i}"), true).unwrap();
     }
+    let over = at_once([&a, &b], 40, |s, i| {
+        s.create(&format!("org_{i}"), "k", KeySettings::default())
+            .is_ok()
+    })
+    .into_iter()
+    .filter(|(x, y)| *x && *y)
+    .count();
     assert_eq!(
         over, 0,
         "{over} of 40 organizations got 2 live keys with max_live_keys(1)"
@@ -162,38 +168,21 @@ fn the_endpoint_limit_holds_across_servers() {
             .max_endpoints(1)
             .build()
     };
-    let a = Arc::new(mk(&t.db));
-    let b = Arc::new(mk(&other));
+    let a = mk(&t.db);
+    let b = mk(&other);
     a.register_event_type(TYPE, "t").unwrap();
-    let mut over = 0;
-    for i in 0..40 {
-        let org = format!("org_{i}");
-        let barrier = Arc::new(Barrier::new(2));
-        let handles: Vec<_> = [a.clone(), b.clone()]
-            .into_iter()
-            .map(|r| {
-                let (barrier, org) = (barrier.clone(), org.clone());
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    r.create(
-                        &org,
-                        "http://127.0.0.1:9/x",
-                        &[TYPE],
-                        EndpointOptions::default(),
-                    )
-                    .is_ok()
-                })
-            })
-            .collect();
-        let ok = handles
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .filter(|x| *x)
-            .count();
-        if ok > 1 {
-            over += 1;
-        }
-    }
+    let over = at_once([&a, &b], 40, |r, i| {
+        r.create(
+            &format!("org_{i}"),
+            "http://127.0.0.1:9/x",
+            &[TYPE],
+            EndpointOptions::default(),
+        )
+        .is_ok()
+    })
+    .into_iter()
+    .filter(|(x, y)| *x && *y)
+    .count();
     assert_eq!(
         over, 0,
         "{over} of 40 organizations got 2 endpoints with max_endpoints(1)"
@@ -212,35 +201,26 @@ fn one_idempotency_key_from_two_servers_stores_one_event() {
     ra.register_event_type(TYPE, "t").unwrap();
     endpoint(&ra, ORG, "http://127.0.0.1:9/x", &[TYPE]);
     let rb = loopback_registry(&other);
-    let da = Arc::new(
-        keyhook::Dispatcher::builder(&t.db, &ra)
-            .workers(0)
-            .start()
-            .unwrap(),
-    );
-    let db_ = Arc::new(
-        keyhook::Dispatcher::builder(&other, &rb)
-            .workers(0)
-            .start()
-            .unwrap(),
-    );
+    let da = keyhook::Dispatcher::builder(&t.db, &ra)
+        .workers(0)
+        .start()
+        .unwrap();
+    let db_ = keyhook::Dispatcher::builder(&other, &rb)
+        .workers(0)
+        .start()
+        .unwrap();
     let mut errors = Vec::new();
     let mut differing = 0;
-    for i in 0..60 {
-        let key = format!("k{i}");
-        let barrier = Arc::new(Barrier::new(2));
-        let handles: Vec<_> = [da.clone(), db_.clone()]
-            .into_iter()
-            .map(|d| {
-                let (barrier, key) = (barrier.clone(), key.clone());
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    d.emit_event(ORG, NewEvent::new(TYPE, &1).unwrap().idempotency_key(key))
-                })
-            })
-            .collect();
-        let rs: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        match (&rs[0], &rs[1]) {
+    let pairs = at_once([&da, &db_], 60, |d, i| {
+        d.emit_event(
+            ORG,
+            NewEvent::new(TYPE, &1)
+                .unwrap()
+                .idempotency_key(format!("k{i}")),
+        )
+    });
+    for pair in &pairs {
+        match pair {
             (Ok(x), Ok(y)) if x != y => differing += 1,
             (Ok(_), Ok(_)) => {}
             (a, b) => errors.push(format!("{a:?} / {b:?}")),
