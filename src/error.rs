@@ -542,6 +542,22 @@ impl From<rusqlite::Error> for Error {
 }
 
 impl Error {
+    /// Whether the connection to the PostgreSQL server was lost: closed,
+    /// or its backend terminated (SQLSTATE class 57P, operator
+    /// intervention: a restart, `pg_terminate_backend`) or cut off (class
+    /// 08). What it was running may or may not have committed.
+    pub(crate) fn is_connection_lost(&self) -> bool {
+        match self {
+            #[cfg(feature = "postgres")]
+            Error::Postgres(e) => {
+                e.get_ref().is_closed()
+                    || e.code()
+                        .is_some_and(|c| c.starts_with("57P") || c.starts_with("08"))
+            }
+            _ => false,
+        }
+    }
+
     /// Whether a unique index refused a row (SQLite or PostgreSQL).
     pub(crate) fn is_unique_violation(&self) -> bool {
         match self {

@@ -165,6 +165,9 @@ fn refs<'a>(values: &'a [Value<'a>]) -> Vec<&'a (dyn ToSql + Sync)> {
 pub(crate) struct Session {
     client: Client,
     statements: HashMap<String, Statement>,
+    /// When the statements are prepared again, and the wait after that.
+    replan_at: Instant,
+    replan_every: Duration,
     /// Inside `BEGIN` (a write).
     in_transaction: bool,
     /// The transaction made work due: notify after the commit.
@@ -175,10 +178,42 @@ pub(crate) struct Session {
 /// (history pages build their statements from filters).
 const MAX_STATEMENTS: usize = 256;
 
+/// The first wait before a session's statements are prepared again, and
+/// the longest: see [`Session::statement`].
+const FIRST_REPLAN: Duration = Duration::from_millis(250);
+const LAST_REPLAN: Duration = Duration::from_secs(600);
+
 impl Session {
+    fn new(client: Client) -> Session {
+        Session {
+            client,
+            statements: HashMap::new(),
+            in_transaction: false,
+            wants_notify: false,
+            replan_at: Instant::now() + FIRST_REPLAN,
+            replan_every: FIRST_REPLAN,
+        }
+    }
+
+    /// The prepared statement for `sql`.
+    ///
+    /// PostgreSQL plans a prepared statement once for all values after a
+    /// few runs, by the size its tables had then, and keeps that plan. A
+    /// plan made while keyhook's tables were nearly empty (just after they
+    /// were created, or purged) scans tables that have since grown to
+    /// thousands of rows, for every claim, until autovacuum's next
+    /// `ANALYZE`. So the statements are prepared again after 0.25 s, then
+    /// after twice as long each time, up to every 10 minutes: plans follow
+    /// the tables as they grow, for a dozen preparations in the first
+    /// quarter hour.
     fn statement(&mut self, sql: &str) -> Result<Statement> {
         if let Some(s) = self.statements.get(sql) {
-            return Ok(s.clone());
+            if Instant::now() < self.replan_at {
+                return Ok(s.clone());
+            }
+            self.statements.clear();
+            self.replan_every = (self.replan_every * 2).min(LAST_REPLAN);
+            self.replan_at = Instant::now() + self.replan_every;
         }
         let stmt = prepare(&mut self.client, &translate(sql), self.in_transaction)?;
         if self.statements.len() >= MAX_STATEMENTS {
@@ -582,12 +617,7 @@ impl Pool {
     }
 
     fn session(&self) -> Result<Session> {
-        Ok(Session {
-            client: self.target.connect()?,
-            statements: HashMap::new(),
-            in_transaction: false,
-            wants_notify: false,
-        })
+        Ok(Session::new(self.target.connect()?))
     }
 
     /// A live session: an idle one that is still connected, or a new one
@@ -690,13 +720,24 @@ impl Pool {
         }
     }
 
-    /// Runs `f` outside an explicit transaction (each statement is its own).
+    /// Runs `f` outside an explicit transaction: each statement is its own
+    /// transaction, committed when it returns. A write of one statement
+    /// saves the `BEGIN` and `COMMIT` round trips this way. If `f` asked to
+    /// notify, notifies after it as [`write`](Self::write) does.
     pub(crate) fn read<T>(&self, f: impl FnOnce(crate::sql::Sql<'_>) -> Result<T>) -> Result<T> {
         let mut out = self.checkout()?;
-        let session = out.session.take().expect("present until drop");
+        let mut session = out.session.take().expect("present until drop");
+        session.wants_notify = false;
         let cell = std::cell::RefCell::new(session);
         let value = f(crate::sql::Sql::Pg(&cell));
-        let session = cell.into_inner();
+        let mut session = cell.into_inner();
+        if value.is_ok()
+            && session.wants_notify
+            && self.notify_due()
+            && let Err(e) = session.client.batch_execute(&self.notify)
+        {
+            log::debug!("keyhook: NOTIFY failed: {e}");
+        }
         if session.client.is_closed() {
             // The server closed it (a restart): so it did every idle one,
             // which would each fail a call in turn.

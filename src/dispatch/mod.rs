@@ -462,6 +462,15 @@ impl Shared {
     /// pump.
     pub fn write_events(&self, org: &str, events: &[NewEvent]) -> Result<Vec<queue::Emitted>> {
         let limits = self.emit_limits();
+        if let [event] = events
+            && let Some(emitted) = queue::insert_event_alone(&self.db, org, event, &limits)
+        {
+            let emitted = emitted?;
+            if emitted.deliveries > 0 {
+                self.pump.emitted();
+            }
+            return Ok(vec![emitted]);
+        }
         let write = || {
             self.db
                 .write_concurrent(|tx| queue::insert_events(tx, org, events, &limits))

@@ -153,6 +153,114 @@ pub(crate) fn insert_events(
     Ok(out)
 }
 
+/// Stores one event without an idempotency key, and its deliveries, in
+/// one statement that is its own transaction: on PostgreSQL one round trip
+/// where [`insert_events`] in a transaction takes five (`BEGIN`, the event
+/// type, the event, its deliveries, `COMMIT`). `None` on SQLite, whose
+/// writes cost no round trips (and have no data-modifying `WITH`).
+///
+/// The event id is chosen before the statement runs, so that a statement
+/// whose connection was lost (a server restart) can be run again on a new
+/// one without storing the event twice: if the first run committed, the
+/// second finds the id taken (`ON CONFLICT DO NOTHING`) and counts what
+/// the first one stored.
+pub(crate) fn insert_event_alone(
+    db: &Database,
+    org: &str,
+    event: &NewEvent,
+    limits: &EmitLimits,
+) -> Option<Result<Emitted>> {
+    if !db.concurrent_writes() || event.idempotency_key.is_some() {
+        return None;
+    }
+    Some((|| {
+        let now = now_ms();
+        let body = envelope(&event.event_type, from_ms(now), &event.data)?;
+        if body.len() > limits.max_body {
+            return Err(Error::PayloadTooLarge {
+                size: body.len(),
+                limit: limits.max_body,
+            });
+        }
+        let id = new_id("msg_", now)?;
+        let run = || {
+            db.read(|sql| {
+                let (archived, stored, deliveries) = sql
+                    .prepare_cached(concat!(
+                        "WITH t AS (
+                             SELECT archived_at IS NOT NULL AS archived
+                             FROM keyhook_event_types WHERE name = CAST(?3 AS TEXT)),
+                         ev AS (
+                             INSERT INTO keyhook_events (id, org_id, event_type, body, created_at, test)
+                             SELECT CAST(?1 AS TEXT), CAST(?2 AS TEXT), CAST(?3 AS TEXT),
+                                 CAST(?4 AS BYTEA), CAST(?5 AS BIGINT), 0
+                             FROM t WHERE NOT t.archived
+                             ON CONFLICT (id) DO NOTHING
+                             RETURNING row_id),
+                         d AS (
+                             INSERT INTO keyhook_deliveries (id, event_row, endpoint_row, org_id,
+                                 state, next_attempt_at, created_at, updated_at)
+                             SELECT ",
+                        new_delivery_id!("?5"),
+                        ", ev.row_id, e.row_id, e.org_id, 0, CAST(?6 AS BIGINT), ?5, ?5
+                             FROM ev, keyhook_endpoints e
+                             WHERE e.org_id = ?2 AND e.enabled = 1
+                               AND (e.all_event_types = 1 OR EXISTS (
+                                    SELECT 1 FROM keyhook_endpoint_event_types y
+                                    WHERE y.endpoint_row = e.row_id AND y.event_type = ?3))
+                             RETURNING 1)
+                         SELECT (SELECT archived FROM t), (SELECT COUNT(*) FROM ev),
+                             (SELECT COUNT(*) FROM d)"
+                    ))?
+                    .query_row(
+                        params![
+                            id,
+                            org,
+                            event.event_type,
+                            body,
+                            now,
+                            now.saturating_add(limits.first_delay_ms)
+                        ],
+                        |r| Ok((r.get::<Option<bool>>(0)?, r.get::<i64>(1)?, r.get::<i64>(2)?)),
+                    )?;
+                let deliveries = match archived {
+                    None => {
+                        return Err(Error::UnknownEventType {
+                            name: event.event_type.clone(),
+                        });
+                    }
+                    Some(true) => {
+                        return Err(Error::InvalidState {
+                            kind: "event type",
+                            id: event.event_type.clone(),
+                            state: "archived",
+                        });
+                    }
+                    Some(false) if stored == 1 => deliveries,
+                    // Stored by an earlier run whose answer was lost.
+                    Some(false) => sql
+                        .prepare_cached(
+                            "SELECT COUNT(*) FROM keyhook_deliveries
+                             WHERE event_row = (SELECT row_id FROM keyhook_events WHERE id = ?1)",
+                        )?
+                        .query_row([&id], |r| r.get::<i64>(0))?,
+                };
+                if deliveries > 0 {
+                    sql.notify()?;
+                }
+                Ok(Emitted {
+                    id: id.clone(),
+                    deliveries: deliveries as usize,
+                })
+            })
+        };
+        match run() {
+            Err(e) if e.is_connection_lost() => run(),
+            other => other,
+        }
+    })())
+}
+
 /// `$due`, or NULL (parked) while the delivery's endpoint is disabled: a
 /// disabled endpoint's pending deliveries never come due, so they cost the
 /// claims nothing, and enabling it makes them due again.
@@ -394,16 +502,13 @@ pub(crate) fn step(
             .map(|(org, events)| in_savepoint(tx, |tx| insert_events(tx, org, events, emit_limits)))
             .collect::<Result<Vec<_>>>()?;
         let now = now_ms();
-        let recorded = done
-            .iter()
-            .map(|c| {
-                if isolate {
-                    record_isolated(tx, c, now, policy)
-                } else {
-                    complete_one(tx, c, now, policy)
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let recorded = if isolate {
+            done.iter()
+                .map(|c| record_isolated(tx, c, now, policy))
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            record_all(tx, done, now, policy)?
+        };
         let claimed = claim_batch(tx, limits)?;
         Ok((emitted, recorded, claimed))
     };
@@ -460,6 +565,13 @@ impl Recorded {
             notices: Vec::new(),
             dropped: Some(why),
         }
+    }
+
+    /// Its delivery is gone: nothing was recorded.
+    fn gone() -> Recorded {
+        Recorded::dropped(
+            "the delivery no longer exists (its endpoint was deleted, or it was purged)".into(),
+        )
     }
 }
 
@@ -566,12 +678,9 @@ pub(crate) fn claim_batch(conn: Sql<'_>, limits: &ClaimLimits) -> Result<Vec<Cla
             CLAIM_HEALTHY_DEEP_SQL,
         ),
         Engine::Sqlite => (CLAIM_LIMITED_SQL, CLAIM_HEALTHY_SQL, CLAIM_HEALTHY_DEEP_SQL),
+        // One healthy claim: PostgreSQL's does not scan a window.
         #[cfg(feature = "postgres")]
-        Engine::Postgres => (
-            PG_CLAIM_LIMITED_SQL,
-            PG_CLAIM_HEALTHY_SQL,
-            PG_CLAIM_HEALTHY_SQL,
-        ),
+        Engine::Postgres => (PG_CLAIM_LIMITED_SQL, PG_CLAIM_HEALTHY_SQL, ""),
     };
     if limited > 0 && (limited_due > 0 || !all_in_window) && limited_claims_turn(conn)? {
         rows = run(limited_sql, limited, false)?;
@@ -590,7 +699,7 @@ pub(crate) fn claim_batch(conn: Sql<'_>, limits: &ClaimLimits) -> Result<Vec<Cla
     if rows.len() < limits.max && due > 0 {
         rows.extend(run(healthy_sql, limits.max - rows.len(), false)?);
     }
-    if rows.len() < limits.max && !all_in_window {
+    if rows.len() < limits.max && !all_in_window && !healthy_deep_sql.is_empty() {
         // The fast scan may have been filled by due deliveries of limited
         // endpoints at capacity: find healthy endpoints' work per endpoint,
         // through an index, whatever lies ahead of it.
@@ -817,11 +926,33 @@ const CLAIM_HEALTHY_DEEP_SQL: &str = lease!(
 macro_rules! pg_lease {
     ($leased:literal, $select:expr) => {
         concat!(
-            "WITH c AS (",
-            lease!($leased, $select),
-            ") SELECT c.row_id, c.event_row, c.endpoint_row, c.attempts, ev.id, ev.body
-               FROM c JOIN keyhook_events ev ON ev.row_id = c.event_row"
+            "WITH c AS (
+                 UPDATE keyhook_deliveries
+                 SET next_attempt_at = ?2, leased = ",
+            $leased,
+            ", attempts = attempts + 1, updated_at = ?1
+                 WHERE row_id = ANY (ARRAY(",
+            $select,
+            ")) AND ",
+            pg_pending!(),
+            "
+                 RETURNING row_id, event_row, endpoint_row, attempts)
+             SELECT c.row_id, c.event_row, c.endpoint_row, c.attempts, ev.id, ev.body
+             FROM c JOIN keyhook_events ev ON ev.row_id = c.event_row"
         )
+    };
+}
+
+/// `state = 0` (pending) for an update of rows chosen by `row_id`, on
+/// PostgreSQL, written so that it does not match the partial indexes on
+/// pending rows: the rows are found through the primary key, whatever the
+/// table's statistics say. (Shortly after a table starts to fill, before
+/// the server has analyzed it, its planner takes the pending rows for a
+/// handful and scans them all, for every update, with the plan kept for
+/// the session.) Deliveries' states are 0, 1 and 2.
+macro_rules! pg_pending {
+    () => {
+        "state < 1"
     };
 }
 
@@ -972,11 +1103,7 @@ fn complete_one(tx: Sql<'_>, c: &Completion, now: i64, policy: &HealthPolicy) ->
         let exists = tx
             .prepare_cached("SELECT 1 FROM keyhook_deliveries WHERE row_id = ?1")?
             .exists([claimed.delivery_row])?;
-        Ok((!exists).then(|| {
-            Recorded::dropped(
-                "the delivery no longer exists (its endpoint was deleted, or it was purged)".into(),
-            )
-        }))
+        Ok((!exists).then(Recorded::gone))
     };
     if c.next == Next::NotSent {
         let applied = give_back(tx, claimed, now)?;
@@ -1122,6 +1249,161 @@ fn complete_one(tx: Sql<'_>, c: &Completion, now: i64, policy: &HealthPolicy) ->
         notices,
         dropped: None,
     })
+}
+
+/// Records finished attempts, in `done`'s order. On PostgreSQL the
+/// common ones (delivered, by the dispatcher, at an endpoint not failing,
+/// the lease still held) are written together, [`RECORD_CHUNK`] per
+/// statement, rather than three statements each: the pump records them one
+/// round trip after another, so round trips bound how fast it keeps up.
+/// The rest, and everything on SQLite (where a statement costs no round
+/// trip), one by one.
+fn record_all(
+    tx: Sql<'_>,
+    done: &[Completion],
+    now: i64,
+    policy: &HealthPolicy,
+) -> Result<Vec<Recorded>> {
+    let together = |c: &Completion| {
+        tx.engine() != Engine::Sqlite
+            && !c.manual
+            && c.next == Next::Delivered
+            && c.response.is_success()
+            && c.claimed.target.health != Health::Failing
+    };
+    let mut out: Vec<Option<Recorded>> = done.iter().map(|_| None).collect();
+    let quick: Vec<usize> = (0..done.len()).filter(|&i| together(&done[i])).collect();
+    for chunk in quick.chunks(RECORD_CHUNK) {
+        let recorded = record_delivered(tx, chunk.iter().map(|&i| &done[i]), now)?;
+        for (&i, r) in chunk.iter().zip(recorded) {
+            out[i] = r;
+        }
+    }
+    done.iter()
+        .zip(out)
+        .map(|(c, r)| match r {
+            Some(r) => Ok(r),
+            None => complete_one(tx, c, now, policy),
+        })
+        .collect()
+}
+
+/// Most attempts [`record_delivered`] writes in one statement.
+const RECORD_CHUNK: usize = 16;
+
+/// Columns of one row of [`record_delivered`]'s `VALUES`.
+const RECORD_COLUMNS: usize = 6;
+
+/// [`record_delivered`]'s statement for `n` attempts (PostgreSQL): what
+/// [`complete_one`] does for a delivered attempt whose lease still holds
+/// (the attempt count is the fencing token), for all of them at once: the
+/// deliveries marked delivered, the attempts kept, their endpoints marked
+/// healthy (written only when something changes, or once a second).
+/// Returns the delivery rows it updated; the others (a lease lost, a
+/// delivery deleted) are left alone, for `complete_one`.
+fn record_delivered_sql(n: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        (1..=RECORD_CHUNK)
+            .map(|n| {
+                let rows: Vec<String> = (0..n)
+                    .map(|i| {
+                        let p = 2 + i * RECORD_COLUMNS;
+                        format!(
+                            "(CAST(?{} AS BIGINT), CAST(?{} AS BIGINT), CAST(?{} AS BIGINT), \
+                             CAST(?{} AS BIGINT), CAST(?{} AS BIGINT), CAST(?{} AS BYTEA))",
+                            p,
+                            p + 1,
+                            p + 2,
+                            p + 3,
+                            p + 4,
+                            p + 5
+                        )
+                    })
+                    .collect();
+                format!(
+                    concat!(
+                        "WITH u (row_id, attempts, endpoint_row, duration_ms, status, excerpt) AS (
+                             VALUES {}),
+                         d AS (
+                             UPDATE keyhook_deliveries k SET state = 1, next_attempt_at = NULL,
+                                 leased = 0, updated_at = ?1
+                             WHERE k.row_id = ANY (ARRAY(SELECT row_id FROM u)) AND k.",
+                        pg_pending!(),
+                        "
+                               AND k.attempts = (SELECT u.attempts FROM u WHERE u.row_id = k.row_id)
+                             RETURNING k.row_id),
+                         a AS (
+                             INSERT INTO keyhook_attempts (delivery_row, attempted_at, duration_ms,
+                                 status_code, error_kind, response_body, manual)
+                             SELECT u.row_id, ?1 - u.duration_ms, u.duration_ms, u.status, NULL,
+                                 u.excerpt, 0
+                             FROM u JOIN d ON d.row_id = u.row_id),
+                         e AS (
+                             UPDATE keyhook_endpoints SET consecutive_failures = 0,
+                                 failing_since = NULL, last_success_at = ?1
+                             WHERE row_id = ANY (ARRAY(
+                                     SELECT u.endpoint_row FROM u JOIN d ON d.row_id = u.row_id))
+                               AND (consecutive_failures <> 0 OR last_success_at IS NULL
+                                    OR last_success_at < ?1 - 1000))
+                         SELECT row_id FROM d"
+                    ),
+                    rows.join(",\n")
+                )
+            })
+            .collect()
+    });
+    &all[n - 1]
+}
+
+/// Records delivered attempts in one statement (PostgreSQL; see
+/// [`record_delivered_sql`]), in their order: `None` for those it left
+/// alone.
+fn record_delivered<'c>(
+    tx: Sql<'_>,
+    done: impl ExactSizeIterator<Item = &'c Completion>,
+    now: i64,
+) -> Result<Vec<Option<Recorded>>> {
+    let n = done.len();
+    type Row<'c> = (i64, i64, i64, i64, Option<i64>, Option<&'c Vec<u8>>);
+    let rows: Vec<Row<'c>> = done
+        .map(|c| {
+            (
+                c.claimed.delivery_row,
+                i64::from(c.claimed.attempt),
+                c.claimed.target.endpoint_row,
+                c.response.duration.as_millis() as i64,
+                c.response.status.map(i64::from),
+                (!c.response.excerpt.is_empty()).then_some(&c.response.excerpt),
+            )
+        })
+        .collect();
+    let mut args: Vec<&dyn Arg> = Vec::with_capacity(1 + n * RECORD_COLUMNS);
+    args.push(&now);
+    for (delivery, attempt, endpoint, duration, status, excerpt) in &rows {
+        args.extend([
+            delivery as &dyn Arg,
+            attempt,
+            endpoint,
+            duration,
+            status,
+            excerpt,
+        ]);
+    }
+    let applied: std::collections::HashSet<i64> = tx
+        .prepare_cached(record_delivered_sql(n))?
+        .query_map(args.as_slice(), |r| r.get::<i64>(0))?
+        .collect::<Result<_>>()?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            applied.contains(&row.0).then(|| Recorded {
+                applied: true,
+                notices: Vec::new(),
+                dropped: None,
+            })
+        })
+        .collect())
 }
 
 /// Loads a delivery of `org` for a manual attempt, without leasing it.
