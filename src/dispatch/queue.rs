@@ -183,82 +183,101 @@ pub(crate) fn insert_event_alone(
             });
         }
         let id = new_id("msg_", now)?;
-        let run = || {
-            db.read(|sql| {
-                let (archived, stored, deliveries) = sql
-                    .prepare_cached(concat!(
-                        "WITH t AS (
-                             SELECT archived_at IS NOT NULL AS archived
-                             FROM keyhook_event_types WHERE name = CAST(?3 AS TEXT)),
-                         ev AS (
-                             INSERT INTO keyhook_events (id, org_id, event_type, body, created_at, test)
-                             SELECT CAST(?1 AS TEXT), CAST(?2 AS TEXT), CAST(?3 AS TEXT),
-                                 CAST(?4 AS BYTEA), CAST(?5 AS BIGINT), 0
-                             FROM t WHERE NOT t.archived
-                             ON CONFLICT (id) DO NOTHING
-                             RETURNING row_id),
-                         d AS (
-                             INSERT INTO keyhook_deliveries (id, event_row, endpoint_row, org_id,
-                                 state, next_attempt_at, created_at, updated_at)
-                             SELECT ",
-                        new_delivery_id!("?5"),
-                        ", ev.row_id, e.row_id, e.org_id, 0, CAST(?6 AS BIGINT), ?5, ?5
-                             FROM ev, keyhook_endpoints e
-                             WHERE e.org_id = ?2 AND e.enabled = 1
-                               AND (e.all_event_types = 1 OR EXISTS (
-                                    SELECT 1 FROM keyhook_endpoint_event_types y
-                                    WHERE y.endpoint_row = e.row_id AND y.event_type = ?3))
-                             RETURNING 1)
-                         SELECT (SELECT archived FROM t), (SELECT COUNT(*) FROM ev),
-                             (SELECT COUNT(*) FROM d)"
-                    ))?
-                    .query_row(
-                        params![
-                            id,
-                            org,
-                            event.event_type,
-                            body,
-                            now,
-                            now.saturating_add(limits.first_delay_ms)
-                        ],
-                        |r| Ok((r.get::<Option<bool>>(0)?, r.get::<i64>(1)?, r.get::<i64>(2)?)),
-                    )?;
-                let deliveries = match archived {
-                    None => {
-                        return Err(Error::UnknownEventType {
-                            name: event.event_type.clone(),
-                        });
-                    }
-                    Some(true) => {
-                        return Err(Error::InvalidState {
-                            kind: "event type",
-                            id: event.event_type.clone(),
-                            state: "archived",
-                        });
-                    }
-                    Some(false) if stored == 1 => deliveries,
-                    // Stored by an earlier run whose answer was lost.
-                    Some(false) => sql
-                        .prepare_cached(
-                            "SELECT COUNT(*) FROM keyhook_deliveries
-                             WHERE event_row = (SELECT row_id FROM keyhook_events WHERE id = ?1)",
-                        )?
-                        .query_row([&id], |r| r.get::<i64>(0))?,
-                };
-                if deliveries > 0 {
-                    sql.notify()?;
-                }
-                Ok(Emitted {
-                    id: id.clone(),
-                    deliveries: deliveries as usize,
-                })
-            })
-        };
+        let run = || store_event_alone(db, &id, org, &event.event_type, &body, now, limits);
         match run() {
             Err(e) if e.is_connection_lost() => run(),
             other => other,
         }
     })())
+}
+
+/// [`insert_event_alone`]'s statement, for the event `id`: run again with
+/// the same id after its first run committed, it stores nothing more and
+/// counts what the first one stored.
+fn store_event_alone(
+    db: &Database,
+    id: &str,
+    org: &str,
+    event_type: &str,
+    body: &[u8],
+    now: i64,
+    limits: &EmitLimits,
+) -> Result<Emitted> {
+    db.read(|sql| {
+        let (archived, stored, deliveries) = sql
+            .prepare_cached(concat!(
+                "WITH t AS (
+                     SELECT archived_at IS NOT NULL AS archived
+                     FROM keyhook_event_types WHERE name = CAST(?3 AS TEXT)),
+                 ev AS (
+                     INSERT INTO keyhook_events (id, org_id, event_type, body, created_at, test)
+                     SELECT CAST(?1 AS TEXT), CAST(?2 AS TEXT), CAST(?3 AS TEXT),
+                         CAST(?4 AS BYTEA), CAST(?5 AS BIGINT), 0
+                     FROM t WHERE NOT t.archived
+                     ON CONFLICT (id) DO NOTHING
+                     RETURNING row_id),
+                 d AS (
+                     INSERT INTO keyhook_deliveries (id, event_row, endpoint_row, org_id,
+                         state, next_attempt_at, created_at, updated_at)
+                     SELECT ",
+                new_delivery_id!("?5"),
+                ", ev.row_id, e.row_id, e.org_id, 0, CAST(?6 AS BIGINT), ?5, ?5
+                     FROM ev, keyhook_endpoints e
+                     WHERE e.org_id = ?2 AND e.enabled = 1
+                       AND (e.all_event_types = 1 OR EXISTS (
+                            SELECT 1 FROM keyhook_endpoint_event_types y
+                            WHERE y.endpoint_row = e.row_id AND y.event_type = ?3))
+                     RETURNING 1)
+                 SELECT (SELECT archived FROM t), (SELECT COUNT(*) FROM ev),
+                     (SELECT COUNT(*) FROM d)"
+            ))?
+            .query_row(
+                params![
+                    id,
+                    org,
+                    event_type,
+                    body,
+                    now,
+                    now.saturating_add(limits.first_delay_ms)
+                ],
+                |r| {
+                    Ok((
+                        r.get::<Option<bool>>(0)?,
+                        r.get::<i64>(1)?,
+                        r.get::<i64>(2)?,
+                    ))
+                },
+            )?;
+        let deliveries = match archived {
+            None => {
+                return Err(Error::UnknownEventType {
+                    name: event_type.to_owned(),
+                });
+            }
+            Some(true) => {
+                return Err(Error::InvalidState {
+                    kind: "event type",
+                    id: event_type.to_owned(),
+                    state: "archived",
+                });
+            }
+            Some(false) if stored == 1 => deliveries,
+            // Stored by an earlier run whose answer was lost.
+            Some(false) => sql
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM keyhook_deliveries
+                     WHERE event_row = (SELECT row_id FROM keyhook_events WHERE id = ?1)",
+                )?
+                .query_row([id], |r| r.get::<i64>(0))?,
+        };
+        if deliveries > 0 {
+            sql.notify()?;
+        }
+        Ok(Emitted {
+            id: id.to_owned(),
+            deliveries: deliveries as usize,
+        })
+    })
 }
 
 /// `$due`, or NULL (parked) while the delivery's endpoint is disabled: a
@@ -463,6 +482,9 @@ pub(crate) struct ClaimLimits {
     /// never claimed again, whatever their lease looks like (a wall-clock
     /// step can make a lease in progress look expired).
     pub held: String,
+    /// Leave out the pass over limited endpoints (PostgreSQL only; see
+    /// [`claim_batch`]).
+    pub skip_limited: bool,
 }
 
 /// What one step of the dispatcher did.
@@ -661,13 +683,21 @@ pub(crate) fn claim_batch(conn: Sql<'_>, limits: &ClaimLimits) -> Result<Vec<Cla
             ],
         )
     };
-    // The window, counted: if it holds fewer rows than it may, the fast
-    // scan sees all due work, and limited endpoints' due work is among it;
-    // the walk over endpoints (whose cost follows the endpoints with
+    // SQLite: the window, counted. If it holds fewer rows than it may, the
+    // fast scan sees all due work, and limited endpoints' due work is among
+    // it; the walk over endpoints (whose cost follows the endpoints with
     // pending work) is needed only when there is more due work than that.
-    let (due, limited_due): (i64, i64) = conn
-        .prepare_cached(DUE_WINDOW_SQL)?
-        .query_row(params![now, window], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    // PostgreSQL claims from an index, not a window, and every statement
+    // costs a round trip: no count; the pump leaves out the limited pass
+    // while there is a backlog of healthy work and, a moment ago, no
+    // limited work (`skip_limited`).
+    let (due, limited_due): (i64, i64) = match conn.engine() {
+        Engine::Sqlite => conn
+            .prepare_cached(DUE_WINDOW_SQL)?
+            .query_row(params![now, window], |r| Ok((r.get(0)?, r.get(1)?)))?,
+        #[cfg(feature = "postgres")]
+        Engine::Postgres => (window, i64::from(!limits.skip_limited)),
+    };
     let all_in_window = due < window;
     let mut rows = Vec::new();
     let limited = limits.max.min(limits.max_limited);
@@ -1543,6 +1573,63 @@ pub(crate) fn next_due(db: &Database) -> Result<Option<i64>> {
 mod tests {
     use super::*;
     use rusqlite::StatementStatus;
+    /// An emit whose statement committed but whose answer was lost (the
+    /// connection died) runs again under the same id: the second run
+    /// stores nothing and counts the first one's deliveries. Runs when
+    /// `KEYHOOK_TEST_POSTGRES` names a server (the CI's PostgreSQL pass).
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn an_emit_run_again_under_its_id_is_stored_once() {
+        let Ok(url) = std::env::var("KEYHOOK_TEST_POSTGRES") else {
+            return;
+        };
+        let schema = format!("kh_unit_alone_{}", std::process::id());
+        // Dropped however the test ends.
+        struct DropSchema(String, String);
+        impl Drop for DropSchema {
+            fn drop(&mut self) {
+                if let Ok(mut admin) =
+                    crate::postgres::Client::connect(&self.0, crate::postgres::NoTls)
+                {
+                    let _ =
+                        admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.1));
+                }
+            }
+        }
+        let _schema = DropSchema(url.clone(), schema.clone());
+        let db = Database::builder()
+            .schema(&schema)
+            .open_postgres(&url)
+            .unwrap();
+        let registry = crate::WebhookRegistry::builder(&db)
+            .destination_policy(crate::DestinationPolicy::new().allow_http(true))
+            .build();
+        registry.register_event_type("a.b", "t").unwrap();
+        for url in ["http://example.com/1", "http://example.com/2"] {
+            registry
+                .create("org_1", url, &["a.b"], crate::EndpointOptions::default())
+                .unwrap();
+        }
+        let limits = EmitLimits {
+            max_body: 1 << 20,
+            first_delay_ms: 0,
+        };
+        let now = now_ms();
+        let store = || store_event_alone(&db, "msg_same", "org_1", "a.b", b"{}", now, &limits);
+        let (first, again) = (store().unwrap(), store().unwrap());
+        assert_eq!((first.deliveries, again.deliveries), (2, 2));
+        assert_eq!(again.id, "msg_same");
+        let counts = db
+            .read(|sql| {
+                sql.prepare_cached(
+                    "SELECT (SELECT COUNT(*) FROM keyhook_events),
+                            (SELECT COUNT(*) FROM keyhook_deliveries)",
+                )?
+                .query_row((), |r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)?)))
+            })
+            .unwrap();
+        assert_eq!(counts, (1, 2));
+    }
 
     /// One healthy and one new endpoint with a due delivery each, and
     /// `others` endpoints in other organizations: a third never had

@@ -37,6 +37,10 @@ const PREFETCH_PER_WORKER: usize = 8;
 /// busy, so that one commit records many.
 const RECORD_DELAY: Duration = Duration::from_millis(2);
 
+/// How often a PostgreSQL pump with a backlog of healthy work looks for
+/// limited endpoints' work, once it found none (see `ClaimLimits::skip_limited`).
+const LIMITED_RECHECK: Duration = Duration::from_millis(50);
+
 /// How long after start the first retention purge runs.
 const FIRST_PURGE_DELAY: Duration = Duration::from_secs(3);
 
@@ -404,6 +408,10 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
     let mut last_generation = u64::MAX;
     let mut told_sync_failed = false;
     let mut stopping_since: Option<Instant> = None;
+    // PostgreSQL: since when claims have come back full of healthy work
+    // with no limited work found; see `skip_limited`.
+    let mut no_limited_since: Option<Instant> = None;
+    let skips_limited = shared.db.concurrent_writes();
     let policy = shared.health_policy();
     let emit_limits = shared.emit_limits();
     ON_PUMP.with(|p| p.set(true));
@@ -451,6 +459,7 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             }
             if unlocks {
                 maybe_more = true;
+                no_limited_since = None;
             }
             st.first_done_at = None;
             unrecorded.append(&mut st.done);
@@ -495,6 +504,13 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             per_endpoint: shared.config.limited_in_flight,
             lease_ms: shared.lease_ms,
             held: held.to_json(),
+            // On PostgreSQL each claim pass is a round trip: while claims
+            // come back full of healthy work and the last look found no
+            // limited work, look again only every LIMITED_RECHECK (a new
+            // or failing endpoint's due work waits that long at most
+            // behind a backlog). After a short claim or a finished limited
+            // attempt they look at once.
+            skip_limited: no_limited_since.is_some_and(|t| t.elapsed() < LIMITED_RECHECK),
         };
         if stopping && unrecorded.is_empty() && emits.is_empty() {
             // A thread that died may never report what it held.
@@ -593,7 +609,16 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
                     shared.notify(&recorded.notices, commit);
                 }
                 if claimed.len() < limits.max {
-                    maybe_more = false;
+                    // Unless the limited pass was left out: then look again,
+                    // with it, before going idle.
+                    maybe_more = limits.skip_limited;
+                    no_limited_since = None;
+                } else if skips_limited
+                    && limits.max > 0
+                    && !limits.skip_limited
+                    && !claimed.iter().any(|c| c.target.health.limited())
+                {
+                    no_limited_since = Some(Instant::now());
                 }
                 for c in &claimed {
                     held.add(c);
