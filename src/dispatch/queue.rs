@@ -1301,21 +1301,32 @@ fn record_all(
             && c.response.is_success()
             && c.claimed.target.health != Health::Failing
     };
-    let mut out: Vec<Option<Recorded>> = done.iter().map(|_| None).collect();
-    let quick: Vec<usize> = (0..done.len()).filter(|&i| together(&done[i])).collect();
-    for chunk in quick.chunks(RECORD_CHUNK) {
-        let recorded = record_delivered(tx, chunk.iter().map(|&i| &done[i]), now)?;
-        for (&i, r) in chunk.iter().zip(recorded) {
-            out[i] = r;
+    // In `done`'s order (the pump sorts it by endpoint), so that endpoint
+    // rows are locked in one order across processes: runs of attempts that
+    // go together, then each of the others.
+    let mut out = Vec::with_capacity(done.len());
+    let mut i = 0;
+    while i < done.len() {
+        let run = done[i..]
+            .iter()
+            .take(RECORD_CHUNK)
+            .take_while(|c| together(c))
+            .count();
+        if run == 0 {
+            out.push(complete_one(tx, &done[i], now, policy)?);
+            i += 1;
+            continue;
         }
+        let chunk = &done[i..i + run];
+        for (c, r) in chunk.iter().zip(record_delivered(tx, chunk.iter(), now)?) {
+            out.push(match r {
+                Some(r) => r,
+                None => complete_one(tx, c, now, policy)?,
+            });
+        }
+        i += run;
     }
-    done.iter()
-        .zip(out)
-        .map(|(c, r)| match r {
-            Some(r) => Ok(r),
-            None => complete_one(tx, c, now, policy),
-        })
-        .collect()
+    Ok(out)
 }
 
 /// Most attempts [`record_delivered`] writes in one statement.
