@@ -668,3 +668,51 @@ fn a_new_endpoint_is_served_while_healthy_work_is_queued() {
     );
     let _ = d.shutdown(Duration::from_secs(10));
 }
+
+/// On PostgreSQL a claim leaves out the look for new or failing endpoints'
+/// work for 50 ms after a look found none; a new endpoint's event emitted
+/// in that moment is still sent promptly, not a poll interval later (the
+/// pump wakes for the next look). Seen failing without that wake-up: the
+/// new endpoint waited the whole 6 s poll interval.
+#[test]
+fn a_new_endpoint_emitted_right_after_healthy_work_is_sent_promptly() {
+    let (t, _db, registry) = setup(Duration::from_secs(5));
+    let rx = Receiver::ok();
+    registry
+        .register_event_type("other.type", "For the new endpoints")
+        .unwrap();
+    endpoint(&registry, ORG, &rx.url("/healthy"), &[TYPE]);
+    let d = builder(&t, &registry)
+        .workers(2)
+        .poll_interval(Duration::from_secs(6))
+        .start()
+        .unwrap();
+    let warm = d.emit(ORG, TYPE, &json!({})).unwrap();
+    wait_delivered(&d, &warm);
+    for round in 0..5 {
+        let org = format!("org_new{round}");
+        endpoint(
+            &registry,
+            &org,
+            &rx.url(&format!("/new{round}")),
+            &["other.type"],
+        );
+        let before = rx.count();
+        d.emit(ORG, TYPE, &json!({ "round": round })).unwrap();
+        let emitted = Instant::now();
+        d.emit(&org, "other.type", &json!({})).unwrap();
+        assert!(rx.wait_for(before + 2, WAIT));
+        let at = rx
+            .received()
+            .iter()
+            .find(|r| r.path == format!("/new{round}"))
+            .map(|r| r.at)
+            .unwrap();
+        let waited = at - emitted;
+        assert!(
+            waited < Duration::from_secs(2),
+            "round {round}: the new endpoint waited {waited:?}"
+        );
+    }
+    let _ = d.shutdown(Duration::from_secs(10));
+}

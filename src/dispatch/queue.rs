@@ -683,36 +683,50 @@ pub(crate) fn claim_batch(conn: Sql<'_>, limits: &ClaimLimits) -> Result<Vec<Cla
             ],
         )
     };
-    // SQLite: the window, counted. If it holds fewer rows than it may, the
-    // fast scan sees all due work, and limited endpoints' due work is among
-    // it; the walk over endpoints (whose cost follows the endpoints with
-    // pending work) is needed only when there is more due work than that.
-    // PostgreSQL claims from an index, not a window, and every statement
-    // costs a round trip: no count; the pump leaves out the limited pass
-    // while there is a backlog of healthy work and, a moment ago, no
-    // limited work (`skip_limited`).
-    let (due, limited_due): (i64, i64) = match conn.engine() {
-        Engine::Sqlite => conn
-            .prepare_cached(DUE_WINDOW_SQL)?
-            .query_row(params![now, window], |r| Ok((r.get(0)?, r.get(1)?)))?,
-        #[cfg(feature = "postgres")]
-        Engine::Postgres => (window, i64::from(!limits.skip_limited)),
-    };
-    let all_in_window = due < window;
+    // Which passes run: the limited one, the healthy one, and the walk over
+    // endpoints for healthy work (SQLite).
     let mut rows = Vec::new();
     let limited = limits.max.min(limits.max_limited);
-    let (limited_sql, healthy_sql, healthy_deep_sql) = match conn.engine() {
-        Engine::Sqlite if all_in_window => (
-            CLAIM_LIMITED_IN_WINDOW_SQL,
-            CLAIM_HEALTHY_SQL,
-            CLAIM_HEALTHY_DEEP_SQL,
-        ),
-        Engine::Sqlite => (CLAIM_LIMITED_SQL, CLAIM_HEALTHY_SQL, CLAIM_HEALTHY_DEEP_SQL),
-        // One healthy claim: PostgreSQL's does not scan a window.
-        #[cfg(feature = "postgres")]
-        Engine::Postgres => (PG_CLAIM_LIMITED_SQL, PG_CLAIM_HEALTHY_SQL, ""),
-    };
-    if limited > 0 && (limited_due > 0 || !all_in_window) && limited_claims_turn(conn)? {
+    let (limited_sql, healthy_sql, deep_sql, look_limited, look_healthy, look_deep) =
+        match conn.engine() {
+            Engine::Sqlite => {
+                // The window, counted. If it holds fewer rows than it may,
+                // the fast scan sees all due work, and limited endpoints'
+                // due work is among it; the walk over endpoints (whose cost
+                // follows the endpoints with pending work) is needed only
+                // when there is more due work than that.
+                let (due, limited_due): (i64, i64) = conn
+                    .prepare_cached(DUE_WINDOW_SQL)?
+                    .query_row(params![now, window], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                let all_in_window = due < window;
+                (
+                    if all_in_window {
+                        CLAIM_LIMITED_IN_WINDOW_SQL
+                    } else {
+                        CLAIM_LIMITED_SQL
+                    },
+                    CLAIM_HEALTHY_SQL,
+                    CLAIM_HEALTHY_DEEP_SQL,
+                    limited_due > 0 || !all_in_window,
+                    due > 0,
+                    !all_in_window,
+                )
+            }
+            // PostgreSQL claims from indexes, not a window, and every
+            // statement is a round trip: no count, one healthy pass, and the
+            // limited pass unless the pump leaves it out (it found no
+            // limited work a moment ago: `skip_limited`).
+            #[cfg(feature = "postgres")]
+            Engine::Postgres => (
+                PG_CLAIM_LIMITED_SQL,
+                PG_CLAIM_HEALTHY_SQL,
+                "",
+                !limits.skip_limited,
+                true,
+                false,
+            ),
+        };
+    if limited > 0 && look_limited && limited_claims_turn(conn)? {
         rows = run(limited_sql, limited, false)?;
         let failing = (limited - rows.len()).min(limits.max_failing);
         if failing > 0 {
@@ -726,14 +740,14 @@ pub(crate) fn claim_batch(conn: Sql<'_>, limits: &ClaimLimits) -> Result<Vec<Cla
             taken.execute(params![endpoint_row, now])?;
         }
     }
-    if rows.len() < limits.max && due > 0 {
+    if rows.len() < limits.max && look_healthy {
         rows.extend(run(healthy_sql, limits.max - rows.len(), false)?);
     }
-    if rows.len() < limits.max && !all_in_window && !healthy_deep_sql.is_empty() {
+    if rows.len() < limits.max && look_deep {
         // The fast scan may have been filled by due deliveries of limited
         // endpoints at capacity: find healthy endpoints' work per endpoint,
         // through an index, whatever lies ahead of it.
-        rows.extend(run(healthy_deep_sql, limits.max - rows.len(), false)?);
+        rows.extend(run(deep_sql, limits.max - rows.len(), false)?);
     }
     // Endpoint settings and secrets are read once per endpoint in the batch.
     let mut endpoints: HashMap<i64, Arc<EndpointTarget>> = HashMap::new();

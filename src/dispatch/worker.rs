@@ -408,9 +408,11 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
     let mut last_generation = u64::MAX;
     let mut told_sync_failed = false;
     let mut stopping_since: Option<Instant> = None;
-    // PostgreSQL: since when claims have come back full of healthy work
-    // with no limited work found; see `skip_limited`.
+    // PostgreSQL: when a claim last looked for limited work and found
+    // none, and whether a claim has left that look out since; see
+    // `skip_limited`.
     let mut no_limited_since: Option<Instant> = None;
+    let mut limited_unseen = false;
     let skips_limited = shared.db.concurrent_writes();
     let policy = shared.health_policy();
     let emit_limits = shared.emit_limits();
@@ -504,13 +506,13 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             per_endpoint: shared.config.limited_in_flight,
             lease_ms: shared.lease_ms,
             held: held.to_json(),
-            // On PostgreSQL each claim pass is a round trip: while claims
-            // come back full of healthy work and the last look found no
-            // limited work, look again only every LIMITED_RECHECK (a new
-            // or failing endpoint's due work waits that long at most
-            // behind a backlog). After a short claim or a finished limited
-            // attempt they look at once.
-            skip_limited: no_limited_since.is_some_and(|t| t.elapsed() < LIMITED_RECHECK),
+            // On PostgreSQL each claim pass is a round trip: once a look
+            // for limited work found none, look again only after
+            // LIMITED_RECHECK (a new or failing endpoint's due work waits
+            // that long at most), or at once when a limited attempt
+            // finishes (a slot frees).
+            skip_limited: skips_limited
+                && no_limited_since.is_some_and(|t| t.elapsed() < LIMITED_RECHECK),
         };
         if stopping && unrecorded.is_empty() && emits.is_empty() {
             // A thread that died may never report what it held.
@@ -521,11 +523,16 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
             continue;
         }
         if unrecorded.is_empty() && emits.is_empty() && limits.max == 0 {
-            let idle = if in_flight < capacity && !maybe_more {
+            let mut idle = if in_flight < capacity && !maybe_more {
                 idle_wait(&shared)
             } else {
                 shared.config.poll_interval
             };
+            if limited_unseen && let Some(t) = no_limited_since {
+                // A claim left out limited work: look for it when its
+                // recheck is due, not a whole idle wait later.
+                idle = idle.min(LIMITED_RECHECK.saturating_sub(t.elapsed()));
+            }
             if watch(&shared, generation, idle) {
                 maybe_more = true;
             }
@@ -609,16 +616,15 @@ pub(crate) fn run_pump(shared: Arc<Shared>, workers: usize) {
                     shared.notify(&recorded.notices, commit);
                 }
                 if claimed.len() < limits.max {
-                    // Unless the limited pass was left out: then look again,
-                    // with it, before going idle.
-                    maybe_more = limits.skip_limited;
-                    no_limited_since = None;
-                } else if skips_limited
-                    && limits.max > 0
-                    && !limits.skip_limited
-                    && !claimed.iter().any(|c| c.target.health.limited())
-                {
-                    no_limited_since = Some(Instant::now());
+                    maybe_more = false;
+                }
+                if skips_limited && limits.max > 0 {
+                    if claimed.iter().any(|c| c.target.health.limited()) {
+                        no_limited_since = None;
+                    } else if !limits.skip_limited {
+                        no_limited_since = Some(Instant::now());
+                    }
+                    limited_unseen = limits.skip_limited;
                 }
                 for c in &claimed {
                     held.add(c);
