@@ -112,6 +112,11 @@ fn a_visitor_manages_keys_and_webhooks_in_a_real_browser() {
         (403, Some("plan_inactive"))
     );
     browser.click("#switch-plan");
+    // The click may return before the server has answered the form: wait
+    // for the page to show keys again before calling the API.
+    browser.wait_until(&home, Duration::from_secs(10), |b| {
+        b.count("#create-key") == 1
+    });
     let (status, _) = api_get(&format!("{base}/v1/conversions"), kept.secret.expose());
     assert_eq!(status, 200);
 
