@@ -188,7 +188,9 @@ fn a_key_revoked_on_one_server_fails_verify_on_another_at_once() {
 
 #[test]
 fn killed_backends_lose_nothing_and_delivery_resumes_by_itself() {
-    let Some(url) = server() else { return };
+    if server().is_none() {
+        return;
+    }
     let t = TempDb::new();
     let registry = loopback_registry(&t.db);
     registry.register_event_type(TYPE, "A tick").unwrap();
@@ -199,23 +201,15 @@ fn killed_backends_lose_nothing_and_delivery_resumes_by_itself() {
         .poll_interval(Duration::from_millis(200))
         .start()
         .unwrap();
-    let mut admin = admin(&url);
-    let app = format!("keyhook/{}", t.locator().trim_start_matches("postgres:"));
     let mut acknowledged = HashSet::new();
     for i in 0..300 {
         if i % 60 == 30 {
             // Every connection of this test's keyhook (pool, listener) is
             // cut, as a server restart does.
-            admin
-                .execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                     WHERE application_name = $1",
-                    &[&app],
-                )
-                .unwrap();
+            t.terminate_backends();
         }
-        // An emit that meets a dead connection fails (nothing is
-        // acknowledged); the next one reconnects.
+        // An emit of one event that meets a dead connection runs again on
+        // a new one; a write that fails acknowledges nothing.
         if let Ok(id) = d.emit(ORG, TYPE, &i) {
             acknowledged.insert(id);
         }

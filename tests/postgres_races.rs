@@ -269,7 +269,9 @@ fn emit_in_postgres_wakes_the_local_dispatcher() {
 /// fix each of the 4 idle sessions failed a call in turn.
 #[test]
 fn after_a_restart_stale_sessions_fail_at_most_one_call() {
-    let Some(url) = url() else { return };
+    if url().is_none() {
+        return;
+    }
     let t = TempDb::new();
     let store = Arc::new(ApiKeyStore::new(&t.db));
     store.set_api_keys_enabled(ORG, true).unwrap();
@@ -289,14 +291,7 @@ fn after_a_restart_stale_sessions_fail_at_most_one_call() {
         })
         .collect();
     hs.into_iter().for_each(|h| h.join().unwrap());
-    let app = format!("keyhook/{}", t.locator().trim_start_matches("postgres:"));
-    Client::connect(&url, NoTls)
-        .unwrap()
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
-            &[&app],
-        )
-        .unwrap();
+    t.terminate_backends();
     std::thread::sleep(Duration::from_millis(200));
     let failures = (0..10).filter(|_| store.verify(&plain).is_err()).count();
     assert!(
@@ -312,7 +307,9 @@ fn after_a_restart_stale_sessions_fail_at_most_one_call() {
 /// retry removed (the first emit on each stale session failed).
 #[test]
 fn emits_after_the_backends_were_terminated_succeed_once_each() {
-    let Some(url) = url() else { return };
+    if url().is_none() {
+        return;
+    }
     let t = TempDb::new();
     let registry = loopback_registry(&t.db);
     registry.register_event_type(TYPE, "t").unwrap();
@@ -337,14 +334,7 @@ fn emits_after_the_backends_were_terminated_succeed_once_each() {
         })
         .collect();
     hs.into_iter().for_each(|h| h.join().unwrap());
-    let app = format!("keyhook/{}", t.locator().trim_start_matches("postgres:"));
-    Client::connect(&url, NoTls)
-        .unwrap()
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
-            &[&app],
-        )
-        .unwrap();
+    t.terminate_backends();
     std::thread::sleep(Duration::from_millis(200));
     let failed: Vec<String> = (0..10)
         .filter_map(|_| d.emit(ORG, TYPE, &2).err().map(|e| e.to_string()))

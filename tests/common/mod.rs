@@ -154,6 +154,26 @@ impl TempDb {
         }
     }
 
+    /// Cuts every connection this database's keyhook handles hold (pool and
+    /// listener, found by their `application_name`), as a server restart
+    /// does; returns how many (PostgreSQL only).
+    #[cfg(feature = "postgres")]
+    pub fn terminate_backends(&self) -> usize {
+        let schema = self.schema.as_deref().expect("on PostgreSQL");
+        let mut admin = keyhook::postgres::Client::connect(
+            &postgres_url().expect("on PostgreSQL"),
+            keyhook::postgres::NoTls,
+        )
+        .expect("connect to the test PostgreSQL server");
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE application_name = $1",
+                &[&format!("keyhook/{schema}")],
+            )
+            .expect("terminate the backends") as usize
+    }
+
     /// The database file, for opening it again or with plain `rusqlite`
     /// (SQLite only: such tests make theirs with [`TempDb::sqlite`]).
     pub fn path(&self) -> &Path {
