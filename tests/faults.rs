@@ -632,26 +632,34 @@ fn failing_endpoints_take_turns_at_the_limited_slot() {
     let _ = d.shutdown(Duration::from_secs(5));
 }
 
-/// A new endpoint's delivery is not held back by healthy work queued ahead
-/// of the workers, nor by the poll interval: the next worker to finish
-/// takes it.
-#[test]
-fn a_new_endpoint_is_served_while_healthy_work_is_queued() {
+/// A dispatcher (2 workers, a 6 s poll interval) whose endpoint at `url`
+/// (event type TYPE) is proven healthy, and a second event type,
+/// `other.type`, for new endpoints.
+fn proven_endpoint_and_new_type(url: &str) -> (TempDb, WebhookRegistry, Dispatcher) {
     let (t, _db, registry) = setup(Duration::from_secs(5));
-    let busy_rx = Receiver::start(|_| Reply::status(204).delay(Duration::from_millis(200)));
-    let new_rx = Receiver::ok();
     registry
-        .register_event_type("other.type", "For the new endpoint")
+        .register_event_type("other.type", "For new endpoints")
         .unwrap();
-    endpoint(&registry, ORG, &busy_rx.url("/busy"), &[TYPE]);
+    endpoint(&registry, ORG, url, &[TYPE]);
     let d = builder(&t, &registry)
         .workers(2)
         .poll_interval(Duration::from_secs(6))
         .start()
         .unwrap();
-    // Proven healthy, then a queue of slow healthy work.
     let warm = d.emit(ORG, TYPE, &json!({})).unwrap();
     wait_delivered(&d, &warm);
+    (t, registry, d)
+}
+
+/// A new endpoint's delivery is not held back by healthy work queued ahead
+/// of the workers, nor by the poll interval: the next worker to finish
+/// takes it.
+#[test]
+fn a_new_endpoint_is_served_while_healthy_work_is_queued() {
+    let busy_rx = Receiver::start(|_| Reply::status(204).delay(Duration::from_millis(200)));
+    let new_rx = Receiver::ok();
+    let (_t, registry, d) = proven_endpoint_and_new_type(&busy_rx.url("/busy"));
+    // Then a queue of slow healthy work.
     for i in 0..30 {
         d.emit(ORG, TYPE, &json!({ "i": i })).unwrap();
     }
@@ -676,19 +684,8 @@ fn a_new_endpoint_is_served_while_healthy_work_is_queued() {
 /// new endpoint waited the whole 6 s poll interval.
 #[test]
 fn a_new_endpoint_emitted_right_after_healthy_work_is_sent_promptly() {
-    let (t, _db, registry) = setup(Duration::from_secs(5));
     let rx = Receiver::ok();
-    registry
-        .register_event_type("other.type", "For the new endpoints")
-        .unwrap();
-    endpoint(&registry, ORG, &rx.url("/healthy"), &[TYPE]);
-    let d = builder(&t, &registry)
-        .workers(2)
-        .poll_interval(Duration::from_secs(6))
-        .start()
-        .unwrap();
-    let warm = d.emit(ORG, TYPE, &json!({})).unwrap();
-    wait_delivered(&d, &warm);
+    let (_t, registry, d) = proven_endpoint_and_new_type(&rx.url("/healthy"));
     for round in 0..5 {
         let org = format!("org_new{round}");
         endpoint(
