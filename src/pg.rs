@@ -696,10 +696,8 @@ impl Pool {
             Err(_) => session.client.batch_execute("ROLLBACK"),
         };
         let closed = session.client.is_closed();
-        let notify = value.is_ok() && end.is_ok() && session.wants_notify && self.notify_due();
-        if notify && let Err(e) = session.client.batch_execute(&self.notify) {
-            // Only a hint: other processes poll.
-            log::debug!("keyhook: NOTIFY failed: {e}");
+        if value.is_ok() && end.is_ok() {
+            self.notify_if_asked(&mut session);
         }
         out.session = Some(session);
         if closed {
@@ -731,12 +729,8 @@ impl Pool {
         let cell = std::cell::RefCell::new(session);
         let value = f(crate::sql::Sql::Pg(&cell));
         let mut session = cell.into_inner();
-        if value.is_ok()
-            && session.wants_notify
-            && self.notify_due()
-            && let Err(e) = session.client.batch_execute(&self.notify)
-        {
-            log::debug!("keyhook: NOTIFY failed: {e}");
+        if value.is_ok() {
+            self.notify_if_asked(&mut session);
         }
         if session.client.is_closed() {
             // The server closed it (a restart): so it did every idle one,
@@ -745,6 +739,18 @@ impl Pool {
         }
         out.session = Some(session);
         value
+    }
+
+    /// After a commit: sends the `NOTIFY` if what committed asked for one
+    /// and none was sent in the last [`NOTIFY_INTERVAL`].
+    fn notify_if_asked(&self, session: &mut Session) {
+        if session.wants_notify
+            && self.notify_due()
+            && let Err(e) = session.client.batch_execute(&self.notify)
+        {
+            // Only a hint: other processes poll.
+            log::debug!("keyhook: NOTIFY failed: {e}");
+        }
     }
 
     /// Drops every idle session (after one was found closed by the server).

@@ -175,13 +175,7 @@ pub(crate) fn insert_event_alone(
     }
     Some((|| {
         let now = now_ms();
-        let body = envelope(&event.event_type, from_ms(now), &event.data)?;
-        if body.len() > limits.max_body {
-            return Err(Error::PayloadTooLarge {
-                size: body.len(),
-                limit: limits.max_body,
-            });
-        }
+        let body = sized_body(&event.event_type, &event.data, now, limits)?;
         let id = new_id("msg_", now)?;
         let run = || store_event_alone(db, &id, org, &event.event_type, &body, now, limits);
         match run() {
@@ -248,22 +242,11 @@ fn store_event_alone(
                     ))
                 },
             )?;
-        let deliveries = match archived {
-            None => {
-                return Err(Error::UnknownEventType {
-                    name: event_type.to_owned(),
-                });
-            }
-            Some(true) => {
-                return Err(Error::InvalidState {
-                    kind: "event type",
-                    id: event_type.to_owned(),
-                    state: "archived",
-                });
-            }
-            Some(false) if stored == 1 => deliveries,
+        takes_emits(event_type, archived)?;
+        let deliveries = match stored {
+            1 => deliveries,
             // Stored by an earlier run whose answer was lost.
-            Some(false) => sql
+            _ => sql
                 .prepare_cached(
                     "SELECT COUNT(*) FROM keyhook_deliveries
                      WHERE event_row = (SELECT row_id FROM keyhook_events WHERE id = ?1)",
@@ -319,17 +302,30 @@ fn checked_body(
     now: i64,
     limits: &EmitLimits,
 ) -> Result<Vec<u8>> {
-    let body = envelope(event_type, crate::db::from_ms(now), data)?;
+    let body = sized_body(event_type, data, now, limits)?;
+    let archived: Option<bool> = tx
+        .prepare_cached("SELECT archived_at IS NOT NULL FROM keyhook_event_types WHERE name = ?1")?
+        .query_row([event_type], |r| r.get(0))
+        .optional()?;
+    takes_emits(event_type, archived)?;
+    Ok(body)
+}
+
+/// The serialized envelope of an event of `event_type`, if within the limit.
+fn sized_body(event_type: &str, data: &[u8], now: i64, limits: &EmitLimits) -> Result<Vec<u8>> {
+    let body = envelope(event_type, from_ms(now), data)?;
     if body.len() > limits.max_body {
         return Err(Error::PayloadTooLarge {
             size: body.len(),
             limit: limits.max_body,
         });
     }
-    let archived: Option<bool> = tx
-        .prepare_cached("SELECT archived_at IS NOT NULL FROM keyhook_event_types WHERE name = ?1")?
-        .query_row([event_type], |r| r.get(0))
-        .optional()?;
+    Ok(body)
+}
+
+/// Whether an event type whose row says `archived` (`None`: no such type)
+/// takes emits.
+fn takes_emits(event_type: &str, archived: Option<bool>) -> Result<()> {
     match archived {
         None => Err(Error::UnknownEventType {
             name: event_type.to_owned(),
@@ -339,7 +335,7 @@ fn checked_body(
             id: event_type.to_owned(),
             state: "archived",
         }),
-        Some(false) => Ok(body),
+        Some(false) => Ok(()),
     }
 }
 
