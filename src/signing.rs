@@ -315,8 +315,13 @@ impl Signer {
 
     /// Writes the header entry for `{msg_id}.{timestamp}.{body}`
     /// (`v1,<base64>` or `v1a,<base64>`) at the start of `out` and returns
-    /// it, without allocating. Bytes of `out` after the entry may be
-    /// overwritten.
+    /// it, without allocating. Bytes of `out` after the entry are left as
+    /// they were.
+    ///
+    /// The entry is ASCII, returned as bytes: what HTTP header values are
+    /// (`http::HeaderValue::from_bytes`, a socket write), with no UTF-8
+    /// check on every signature. `std::str::from_utf8(entry)` never fails on
+    /// it; [`Signature`]'s `Display` and [`sign_into`] give text.
     ///
     /// ```
     /// use keyhook::signing::{MAX_ENTRY_LEN, Signer, SigningSecret};
@@ -324,7 +329,7 @@ impl Signer {
     /// let signer = Signer::new(&SigningSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?);
     /// let mut buf = [0u8; MAX_ENTRY_LEN];
     /// let entry = signer.sign_into("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#, &mut buf);
-    /// assert_eq!(entry, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    /// assert_eq!(entry, b"v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
     /// # Ok::<(), keyhook::Error>(())
     /// ```
     #[inline(always)]
@@ -334,20 +339,18 @@ impl Signer {
         timestamp: i64,
         body: &[u8],
         out: &'b mut [u8; MAX_ENTRY_LEN],
-    ) -> &'b str {
+    ) -> &'b [u8] {
         let id = msg_id.as_bytes();
         let len = match &self.scheme {
             Scheme::V1(mac) => {
                 out[..V1_PREFIX.len()].copy_from_slice(V1_PREFIX.as_bytes());
                 let words = mac.mac_v1_words(id, timestamp, body);
                 encode_mac_words(&words, &mut out[V1_PREFIX.len()..ENTRY_LEN]);
-                out[ENTRY_LEN..ENTRY_LEN + 8].fill(0);
-                let checked = checked_len(out);
-                return &entry_str(&out[..checked])[..ENTRY_LEN];
+                ENTRY_LEN
             }
             Scheme::V1a(key) => sign_v1a_into(key, id, timestamp, body, out),
         };
-        entry_str(&out[..len])
+        &out[..len]
     }
 }
 
@@ -399,18 +402,6 @@ fn write_v1a(sig: &[u8; SIG_LEN], out: &mut [u8; MAX_ENTRY_LEN]) -> usize {
     out[..V1A_PREFIX.len()].copy_from_slice(V1A_PREFIX.as_bytes());
     encode_b64(sig, &mut out[V1A_PREFIX.len()..]);
     MAX_ENTRY_LEN
-}
-
-/// How many bytes of `out` to check as UTF-8 for a `v1` entry, which is
-/// followed by eight NULs: the entry and as many NULs as make a whole
-/// number of 16-byte steps from the first 8-byte aligned byte. The standard
-/// library's check takes ASCII two aligned words at a time and whatever is
-/// left one byte at a time; the 47-byte entry alone would leave up to 15
-/// bytes to that slow loop, measurably on the 64-byte-body signature.
-#[inline(always)]
-fn checked_len(out: &[u8; MAX_ENTRY_LEN]) -> usize {
-    let unaligned = out.as_ptr().align_offset(8) & 7;
-    unaligned + 48
 }
 
 #[inline]
@@ -514,7 +505,9 @@ pub fn sign_into(signers: &[Signer], msg_id: &str, timestamp: i64, body: &[u8], 
         if i > 0 {
             out.push(' ');
         }
-        out.push_str(signer.sign_into(msg_id, timestamp, body, &mut buf));
+        out.push_str(entry_str(
+            signer.sign_into(msg_id, timestamp, body, &mut buf),
+        ));
     }
 }
 
@@ -955,41 +948,41 @@ mod tests {
     }
 
     #[test]
-    fn v1_sign_into_at_every_alignment() {
-        // The entry is checked as UTF-8 together with NULs after it, as many
-        // as the buffer's alignment asks for: the same entry at each one.
-        let signer = Signer::new(&secret(A_SECRET));
-        let expected = signer.sign(A_ID, A_TS, A_BODY).to_string();
-        assert_eq!(expected, A_SIG);
-        let mut backing = [0xffu8; MAX_ENTRY_LEN + 8];
-        for offset in 0..8 {
-            let out: &mut [u8; MAX_ENTRY_LEN] = (&mut backing[offset..offset + MAX_ENTRY_LEN])
-                .try_into()
-                .unwrap();
-            assert_eq!(
-                signer.sign_into(A_ID, A_TS, A_BODY, out),
-                expected,
-                "offset {offset}"
-            );
-        }
-        for (id, ts, body_len) in [
+    fn sign_into_writes_the_entry_and_nothing_after_it() {
+        // At every alignment of the caller's buffer, for both schemes.
+        let v1 = Signer::new(&secret(A_SECRET));
+        assert_eq!(v1.sign(A_ID, A_TS, A_BODY).to_string(), A_SIG);
+        let v1a = Signer::ed25519(&Ed25519SecretKey::generate().unwrap());
+        let cases = [
             ("", 0, 0),
+            (A_ID, A_TS, A_BODY.len()),
             (A_ID, -1, 5),
-            ("x".repeat(48).as_str(), i64::MAX, 200),
-        ]
-        .map(|(id, ts, n)| (id.to_owned(), ts, n))
-        {
-            let body = vec![b'b'; body_len];
-            let expected = signer.sign(&id, ts, &body).to_string();
-            for offset in 0..8 {
-                let out: &mut [u8; MAX_ENTRY_LEN] = (&mut backing[offset..offset + MAX_ENTRY_LEN])
-                    .try_into()
-                    .unwrap();
-                assert_eq!(
-                    signer.sign_into(&id, ts, &body, out),
-                    expected,
-                    "offset {offset}"
-                );
+            (&*"x".repeat(48), i64::MAX, 200),
+            (&*"y".repeat(70), i64::MIN, 1000),
+        ];
+        for signer in [&v1, &v1a] {
+            for (id, ts, body_len) in cases {
+                let body = if body_len == A_BODY.len() {
+                    A_BODY.to_vec()
+                } else {
+                    vec![b'b'; body_len]
+                };
+                let expected = signer.sign(id, ts, &body).to_string();
+                for offset in 0..16 {
+                    let mut backing = [0xffu8; MAX_ENTRY_LEN + 16];
+                    let out: &mut [u8; MAX_ENTRY_LEN] = (&mut backing
+                        [offset..offset + MAX_ENTRY_LEN])
+                        .try_into()
+                        .unwrap();
+                    let entry = signer.sign_into(id, ts, &body, out);
+                    assert_eq!(entry, expected.as_bytes(), "offset {offset}");
+                    let len = entry.len();
+                    assert!(
+                        backing[..offset].iter().all(|&b| b == 0xff)
+                            && backing[offset + len..].iter().all(|&b| b == 0xff),
+                        "bytes outside the entry changed at offset {offset}"
+                    );
+                }
             }
         }
     }
