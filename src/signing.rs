@@ -954,27 +954,23 @@ mod tests {
         assert_eq!(v1.sign(A_ID, A_TS, A_BODY).to_string(), A_SIG);
         let v1a = Signer::ed25519(&Ed25519SecretKey::generate().unwrap());
         let cases = [
-            ("", 0, 0),
-            (A_ID, A_TS, A_BODY.len()),
-            (A_ID, -1, 5),
-            (&*"x".repeat(48), i64::MAX, 200),
-            (&*"y".repeat(70), i64::MIN, 1000),
+            ("", 0, Vec::new()),
+            (A_ID, A_TS, A_BODY.to_vec()),
+            (A_ID, -1, vec![b'b'; 5]),
+            (&*"x".repeat(48), i64::MAX, vec![b'b'; 200]),
+            (&*"y".repeat(70), i64::MIN, vec![b'b'; 1000]),
         ];
         for signer in [&v1, &v1a] {
-            for (id, ts, body_len) in cases {
-                let body = if body_len == A_BODY.len() {
-                    A_BODY.to_vec()
-                } else {
-                    vec![b'b'; body_len]
-                };
-                let expected = signer.sign(id, ts, &body).to_string();
+            for (id, ts, body) in &cases {
+                let (id, ts) = (*id, *ts);
+                let expected = signer.sign(id, ts, body).to_string();
                 for offset in 0..16 {
                     let mut backing = [0xffu8; MAX_ENTRY_LEN + 16];
                     let out: &mut [u8; MAX_ENTRY_LEN] = (&mut backing
                         [offset..offset + MAX_ENTRY_LEN])
                         .try_into()
                         .unwrap();
-                    let entry = signer.sign_into(id, ts, &body, out);
+                    let entry = signer.sign_into(id, ts, body, out);
                     assert_eq!(entry, expected.as_bytes(), "offset {offset}");
                     let len = entry.len();
                     assert!(

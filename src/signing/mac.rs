@@ -96,39 +96,37 @@ impl KeyedMac {
     /// 64 B and 1 KiB.
     #[inline(never)]
     pub(super) fn mac_v1_words(&self, id: &[u8], ts: i64, body: &[u8]) -> [u32; 8] {
-        if let Some((text, ts_len)) = dotted_u128(ts) {
+        if let Some((text, ts_len)) = dotted_u128(ts)
+            && id.len() <= BLOCK_LEN - 16
+        {
             let head = id.len() + ts_len;
             let total = head + body.len();
-            if id.len() <= BLOCK_LEN - 16 && total <= SHORT_LEN {
-                let mut blocks = [Block::default(); 2];
-                blocks[0][..id.len()].copy_from_slice(id);
-                // The bytes past the timestamp are zeros: padding where the
-                // body is shorter than they are, overwritten by it otherwise.
-                blocks[0][id.len()..id.len() + 16].copy_from_slice(&text.to_le_bytes());
-                put(&mut blocks, head, body);
-                blocks[total / BLOCK_LEN][total % BLOCK_LEN] = 0x80;
-                let n = if total < BLOCK_LEN - 8 { 1 } else { 2 };
-                let bits = ((BLOCK_LEN + total) as u64) * 8;
-                blocks[n - 1][BLOCK_LEN - 8..].copy_from_slice(&bits.to_be_bytes());
-                let mut state = self.inner;
-                compress256(&mut state, &blocks[..n]);
-                return self.outer_words(&state);
-            }
-            if id.len() <= BLOCK_LEN - 16 {
-                // Longer: the first block as above, then the rest of the body.
+            let mut blocks = [Block::default(); 2];
+            blocks[0][..id.len()].copy_from_slice(id);
+            // The bytes past the timestamp are zeros: padding where the
+            // body is shorter than they are, overwritten by it otherwise.
+            blocks[0][id.len()..id.len() + 16].copy_from_slice(&text.to_le_bytes());
+            if total > SHORT_LEN {
+                // Longer: the first block, then the rest of the body.
                 let (start, rest) = body.split_at(BLOCK_LEN - head);
-                let mut first = Block::default();
-                first[..id.len()].copy_from_slice(id);
-                first[id.len()..id.len() + 16].copy_from_slice(&text.to_le_bytes());
-                first[head..].copy_from_slice(start);
-                return self.mac_after_first(&first, rest, total);
+                blocks[0][head..].copy_from_slice(start);
+                return self.mac_after_first(&blocks[0], rest, total);
             }
+            put(&mut blocks, head, body);
+            blocks[total / BLOCK_LEN][total % BLOCK_LEN] = 0x80;
+            let n = if total < BLOCK_LEN - 8 { 1 } else { 2 };
+            let bits = ((BLOCK_LEN + total) as u64) * 8;
+            blocks[n - 1][BLOCK_LEN - 8..].copy_from_slice(&bits.to_be_bytes());
+            let mut state = self.inner;
+            compress256(&mut state, &blocks[..n]);
+            return self.outer_words(&state);
         }
         self.mac_v1_words_general(id, ts, body)
     }
 
-    /// [`KeyedMac::mac_v1_words`] past its common case, kept out of line so
-    /// that the common case inlines small.
+    /// [`KeyedMac::mac_v1_words`] past its common case (an id over 48 bytes,
+    /// a timestamp past 13 digits), kept out of line so that the common case
+    /// stays small.
     #[inline(never)]
     fn mac_v1_words_general(&self, id: &[u8], ts: i64, body: &[u8]) -> [u32; 8] {
         let mut buf = [0u8; TS_BUF_LEN];
