@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{TempDb, builder, endpoint, loopback_registry, schedule, set_enabled, wait_until};
+use common::{
+    TempDb, builder, endpoint, endpoint_ids, loopback_registry, schedule, set_enabled, wait_until,
+};
 use keyhook::{Database, DeliveryState, Dispatcher, Error, NewEvent, RetryPolicy, WebhookRegistry};
 use receiver::{Receiver, Reply};
 use serde_json::json;
@@ -140,13 +142,12 @@ fn attempts_finished_while_the_database_is_locked_are_recorded_not_resent() {
 fn endpoint_changed_mid_attempt(change: impl Fn(&WebhookRegistry, &str)) {
     let (t, db, registry) = setup_sqlite(Duration::from_millis(100));
     let rx = Receiver::start(|_| Reply::status(204).delay(Duration::from_millis(400)));
-    let eps: Vec<String> = (0..4)
-        .map(|i| {
-            endpoint(&registry, ORG, &rx.url(&format!("/ep{i}")), &[TYPE])
-                .endpoint
-                .id
-        })
-        .collect();
+    let eps = endpoint_ids(
+        &registry,
+        ORG,
+        (0..4).map(|i| rx.url(&format!("/ep{i}"))),
+        &[TYPE],
+    );
     let d = Dispatcher::builder(&db, &registry)
         .workers(4)
         .request_timeout(Duration::from_secs(1))

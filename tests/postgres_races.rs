@@ -10,7 +10,7 @@ mod receiver;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use common::{TempDb, endpoint, loopback_registry, postgres_url};
+use common::{TempDb, endpoint, endpoint_ids, loopback_registry, postgres_url};
 use keyhook::postgres::{Client, NoTls};
 use keyhook::{ApiKeyStore, EndpointOptions, KeySettings, NewEvent, WebhookRegistry};
 use receiver::Receiver;
@@ -367,13 +367,12 @@ fn successes_recorded_together_respect_lost_leases_and_deleted_deliveries() {
     let t = TempDb::new();
     let registry = loopback_registry(&t.db);
     registry.register_event_type(TYPE, "t").unwrap();
-    let eps: Vec<String> = (0..4)
-        .map(|i| {
-            endpoint(&registry, ORG, &rx.url(&format!("/ep{i}")), &[TYPE])
-                .endpoint
-                .id
-        })
-        .collect();
+    let eps = endpoint_ids(
+        &registry,
+        ORG,
+        (0..4).map(|i| rx.url(&format!("/ep{i}"))),
+        &[TYPE],
+    );
     let d = keyhook::Dispatcher::builder(&t.db, &registry)
         .workers(8)
         .request_timeout(Duration::from_secs(2))

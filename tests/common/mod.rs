@@ -257,6 +257,18 @@ pub fn endpoint(
         .unwrap()
 }
 
+/// The ids of new endpoints of `org`, one at each of `urls`.
+pub fn endpoint_ids(
+    registry: &WebhookRegistry,
+    org: &str,
+    urls: impl IntoIterator<Item = String>,
+    types: &[&str],
+) -> Vec<String> {
+    urls.into_iter()
+        .map(|url| endpoint(registry, org, &url, types).endpoint.id)
+        .collect()
+}
+
 /// Enables or disables an endpoint, as its owner would on the settings page.
 pub fn set_enabled(registry: &WebhookRegistry, org: &str, endpoint_id: &str, enabled: bool) {
     registry
